@@ -1,0 +1,33 @@
+# Two commands set up everything on a fresh machine:
+#   make run    the main job (creates .venv on first use)
+#   make test   the test suite (creates .venv on first use)
+# CPU machines get the pinned CPU build of torch; GPU users: make TORCH=torch (or your CUDA wheel).
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN     = $(VENV)/bin
+
+.PHONY: venv run test bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test,ray]"
+	touch $@
+
+run: venv
+	$(BIN)/mlscale run
+
+test: venv
+	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/bench_dedup.py
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
