@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -136,14 +137,17 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
     }
+    # the installed version without importing torch (seconds of start-up for the stages
+    # that never use it, e.g. curate); the GPU only where a stage has imported torch
     try:
-        import torch
+        from importlib.metadata import PackageNotFoundError, version
 
-        env["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            env["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:  # pragma: no cover
+        env["torch"] = version("torch")
+    except PackageNotFoundError:  # pragma: no cover
         pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
     return env
 
 

@@ -1,0 +1,194 @@
+"""Memory and step time of full, LoRA and QLoRA fine-tuning of the same model, with PEFT as peer.
+
+Each method trains the same Llama shape on the same batches (forward, backward, AdamW
+step) in a fresh subprocess, so that its peak memory is its own:
+  - full:  every weight trainable (fp32 weights, gradients and two AdamW moments);
+  - lora:  frozen fp32 base, adapters on q,k,v,o,gate,up,down (r=16, alpha=32);
+  - qlora: the base's block projections in NF4 with double quantisation (our
+           `Linear4bit`), the same adapters in fp32;
+  - peft-lora (peer): transformers' LlamaForCausalLM of the same shape with PEFT's LoRA
+           (same r, alpha, targets), the same optimiser and batches.
+Reported per method: trainable parameters and their share, the bytes of weights +
+gradients + optimizer state (counted from the tensors), the peak memory of the process
+(CUDA: torch.cuda.max_memory_allocated; CPU: peak RSS above the RSS measured right after
+imports), and the median step time. Token ids are random: neither memory nor time depends
+on their values. Ratios are against full fine-tuning, and ours/PEFT for LoRA.
+
+    python benchmarks/bench_finetune.py                  # CPU, a 29M-parameter model
+    python benchmarks/bench_finetune.py --gpu            # CUDA, a 1.3B-parameter model, bf16 autocast
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHAPES = {
+    "cpu": dict(n_layer=8, n_head=8, d_model=512, seq_len=256, vocab_size=8192, batch=4, steps=4),
+    "gpu": dict(n_layer=24, n_head=16, d_model=2048, seq_len=1024, vocab_size=32000, batch=8, steps=10),
+}
+METHODS = ("full", "lora", "qlora", "peft-lora")
+RANK, ALPHA = 16, 32
+
+
+def rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def state_bytes(model, optimizer) -> int:
+    """Weights (parameters and buffers, e.g. NF4 codes) + gradients + optimizer state."""
+    import torch
+
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    total += sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    for state in optimizer.state.values():
+        total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+    return total
+
+
+def run_one(method: str, shape: dict, gpu: bool) -> dict:
+    """Train `steps` steps with `method`; called in a fresh subprocess."""
+    baseline_rss = 0
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from mlscale.config import from_dict
+    from mlscale.finetune.config import FinetuneConfig
+    from mlscale.finetune.loop import prepare_model
+    from mlscale.model.config import ModelConfig
+    from mlscale.model.lora import count_parameters
+    from mlscale.model.llama import Llama
+    from mlscale.train.device import autocast, synchronize
+    from mlscale.train.optimizer import build_optimizer
+
+    if method == "peft-lora":
+        import peft  # noqa: F401  (imported before the baseline, like torch)
+        import transformers  # noqa: F401
+    device = torch.device("cuda" if gpu else "cpu")
+    dtype = torch.bfloat16 if gpu else torch.float32
+    baseline_rss = rss_bytes()
+    mc = ModelConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], d_model=shape["d_model"],
+                     seq_len=shape["seq_len"], vocab_size=shape["vocab_size"], tie_embeddings=False)
+    mc.validate()
+    targets = ["q", "k", "v", "o", "gate", "up", "down"]
+    cfg = from_dict(FinetuneConfig, {"method": "lora" if method == "peft-lora" else method,
+                                     "lora": {"r": RANK, "alpha": ALPHA, "targets": targets},
+                                     "train": {"weight_decay": 0.0, "lr": 1e-4, "min_lr": 1e-5}})
+    torch.manual_seed(0)
+    if method == "peft-lora":
+        from peft import LoraConfig, get_peft_model
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hf_cfg = LlamaConfig(vocab_size=mc.vocab_size, hidden_size=mc.d_model, intermediate_size=mc.ffn_hidden,
+                             num_hidden_layers=mc.n_layer, num_attention_heads=mc.n_head,
+                             num_key_value_heads=mc.kv_heads, max_position_embeddings=mc.seq_len,
+                             tie_word_embeddings=False)
+        hf_cfg._attn_implementation = "sdpa"
+        model = get_peft_model(LlamaForCausalLM(hf_cfg), LoraConfig(
+            r=RANK, lora_alpha=ALPHA, target_modules=[f"{t}_proj" for t in targets])).to(device)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+
+        def loss_of(x, y):
+            return model(input_ids=x, labels=None).logits.float().flatten(0, 1).log_softmax(-1) \
+                .gather(-1, y.flatten()[:, None]).mean().neg()
+    else:
+        model = prepare_model(Llama(mc), cfg).to(device)
+        trainable, total = count_parameters(model)
+
+        def loss_of(x, y):
+            return model(x, y)[1]
+    model.train()
+    optimizer = build_optimizer(model, cfg.train)
+    g = torch.Generator().manual_seed(1)
+    B, T = shape["batch"], shape["seq_len"]
+    times = []
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(shape["steps"] + 1):  # the first step warms up (allocator, kernels)
+        ids = torch.randint(0, mc.vocab_size, (B, T + 1), generator=g).to(device)
+        synchronize(device)
+        t0 = time.perf_counter()
+        with autocast(device, dtype):
+            loss = loss_of(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if step:
+            times.append(time.perf_counter() - t0)
+    out = {"method": method, "trainable": trainable, "total": total, "share": trainable / total,
+           "state_bytes": state_bytes(model, optimizer), "step_s": statistics.median(times),
+           "tokens_per_s": B * T / statistics.median(times), "loss": float(loss)}
+    if gpu:
+        out["peak_bytes"] = torch.cuda.max_memory_allocated()
+        out["device"] = torch.cuda.get_device_name()
+    else:
+        out["peak_bytes"] = rss_bytes() - baseline_rss
+        out["device"] = "cpu"
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu", action="store_true", help="run on CUDA with the larger shape")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--steps", type=int, help="timed steps per method (after one warm-up step)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    shape = dict(SHAPES["gpu" if args.gpu else "cpu"])
+    if args.steps:
+        shape["steps"] = args.steps
+    if args.one:
+        print(json.dumps(run_one(args.one, shape, args.gpu)))
+        return
+    results = {}
+    for method in args.methods.split(","):
+        cmd = [sys.executable, __file__, "--one", method] + (["--gpu"] if args.gpu else []) \
+            + (["--steps", str(args.steps)] if args.steps else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{method}: failed\n{proc.stderr[-2000:]}")
+            continue
+        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not results:
+        sys.exit(1)
+    any_r = next(iter(results.values()))
+    print(f"\nshape {shape} on {any_r['device']}, r={RANK}, alpha={ALPHA}, "
+          f"{'bf16 autocast' if args.gpu else 'fp32'}")
+    print("| method | trainable | share | weights+grads+optimizer | peak memory | step time | tokens/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for m, r in results.items():
+        print(f"| {m} | {r['trainable'] / 1e6:.2f}M | {100 * r['share']:.2f}% | {r['state_bytes'] / 2**20:.0f} MiB "
+              f"| {r['peak_bytes'] / 2**20:.0f} MiB | {r['step_s']:.3f} s | {r['tokens_per_s']:.0f} |")
+    if "full" in results:
+        full = results["full"]
+        for m in ("lora", "qlora"):
+            if m in results:
+                r = results[m]
+                print(f"{m} vs full: peak memory x{r['peak_bytes'] / full['peak_bytes']:.2f}, "
+                      f"state x{r['state_bytes'] / full['state_bytes']:.2f}, "
+                      f"step time x{r['step_s'] / full['step_s']:.2f}")
+    if "lora" in results and "peft-lora" in results:
+        a, b = results["lora"], results["peft-lora"]
+        print(f"ours/PEFT LoRA: peak memory x{a['peak_bytes'] / b['peak_bytes']:.2f}, "
+              f"step time x{a['step_s'] / b['step_s']:.2f} (speed-up x{b['step_s'] / a['step_s']:.2f})")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

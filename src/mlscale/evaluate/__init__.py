@@ -1,0 +1,1 @@
+"""Evaluation of trained runs: loss, perplexity, bits per byte, and text generation."""

@@ -1,0 +1,1 @@
+"""Exporting runs to other ecosystems (Hugging Face transformers)."""

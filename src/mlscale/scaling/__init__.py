@@ -1,0 +1,1 @@
+"""Scaling laws: IsoFLOP sweeps, Chinchilla / Kaplan / IsoFLOP fits, bootstrap intervals, plans."""

@@ -1,0 +1,1 @@
+"""Pretraining: the loop, optimizer and schedules, checkpoint/resume, metrics."""

@@ -1,0 +1,283 @@
+"""Run directories and checkpoints: atomic, self-describing, and safe to load.
+
+    RUN/config.json                 the PretrainConfig (model.vocab_size filled in)
+    RUN/tokenizer.json              a copy of the tokenizer the run was trained with
+    RUN/metrics.jsonl               one JSON object per step and per evaluation
+    RUN/checkpoints/step-XXXXXXXX/  model.safetensors, optimizer.pt, state.json, config.json
+    RUN/manifest.json               written last: the run finished
+
+A checkpoint is written into a hidden temporary directory and renamed into place, so a
+crash never leaves a half-written `step-*` directory; only the newest
+`train.keep_checkpoints` are kept. Loading never unpickles arbitrary objects: tensors come
+from safetensors, state from JSON, and the optimizer state through
+`torch.load(weights_only=True)`, which only rebuilds tensors and plain containers.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlscale.artifacts import atomic_write_json, fingerprint_file, read_json
+from mlscale.config import diff, from_dict, to_dict
+from mlscale.errors import ArtifactError, InputError
+
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+PREFIX = "step-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model under torch.compile (`_orig_mod`) and DDP-style (`module`) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # type: ignore[assignment]
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module  # type: ignore[assignment]
+        else:
+            return model
+
+
+# ---------------------------------------------------------------------------------- RNG
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator training may touch (dropout, sampling), as JSON."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": _b64(torch.get_rng_state()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(_unb64(state["torch"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+# ------------------------------------------------------------------------------ weights
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Model weights as safetensors; a tied output matrix is stored once."""
+    from safetensors.torch import save_model
+
+    save_model(unwrap_model(model), str(path), metadata={"format": "pt"})
+
+
+def load_weights(model: nn.Module, path: Path, device: torch.device | str = "cpu") -> None:
+    """Load safetensors weights into `model`, naming any tensor whose shape differs."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    model = unwrap_model(model)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    bad = [f"{k}: checkpoint {found[k]} vs model {expected[k]}"
+           for k in found if k in expected and found[k] != expected[k]]
+    unknown = [k for k in found if k not in expected]
+    if bad or unknown:
+        detail = "; ".join(bad[:3] + [f"unexpected tensor {k}" for k in unknown[:3]])
+        raise ArtifactError(f"{path} holds a model of another shape ({detail})")
+    missing, _ = load_model(model, str(path), strict=False, device=str(device))
+    # save_model drops the alias of a tied tensor; it comes back through the tie itself
+    tied = {k for k in missing if _is_tied_alias(model, k)}
+    if set(missing) - tied:
+        raise ArtifactError(f"{path} lacks tensors {sorted(set(missing) - tied)[:3]}")
+
+
+def _is_tied_alias(model: nn.Module, key: str) -> bool:
+    sd = model.state_dict()
+    ptr = sd[key].data_ptr()
+    return any(k != key and v.data_ptr() == ptr for k, v in sd.items())
+
+
+# -------------------------------------------------------------------------- checkpoints
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    d = Path(run_dir) / CHECKPOINTS
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir()
+                  if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).exists())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(Path(path).name[len(PREFIX):])
+
+
+def write_checkpoint_dir(target: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                         state: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write one checkpoint to `target` atomically: fill a hidden temp dir, then rename it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_weights(model, tmp / MODEL_FILE)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        atomic_write_json(tmp / CONFIG, config)
+        atomic_write_json(tmp / STATE_FILE, state)  # last: its presence marks completeness
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if target.exists():  # re-saving a step: swap, so a valid copy exists at all times
+            old = target.parent / f".old-{target.name}-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], config: dict[str, Any], keep: int) -> Path:
+    """Checkpoint `step` under RUN/checkpoints and prune all but the newest `keep`."""
+    path = write_checkpoint_dir(Path(run_dir) / CHECKPOINTS / checkpoint_name(step),
+                                model, optimizer, {"step": step, **state}, config)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def check_compatible(ckpt: Path, config: dict[str, Any], tokenizer_fingerprint: str | None) -> None:
+    """Refuse a checkpoint made for another model shape or another tokenizer, saying which."""
+    state = read_json(Path(ckpt) / STATE_FILE)
+    saved = read_json(Path(ckpt) / CONFIG) if (Path(ckpt) / CONFIG).exists() else {}
+    shape = diff(saved.get("model", {}), config.get("model", {}), prefix="model.")
+    if shape:
+        raise ArtifactError(
+            f"{ckpt} was trained with another model shape ({'; '.join(shape)}); "
+            "use the config it was trained with, or another --out")
+    fp = state.get("tokenizer_fingerprint")
+    if tokenizer_fingerprint is not None and fp is not None and fp != tokenizer_fingerprint:
+        raise ArtifactError(
+            f"{ckpt} was trained with another tokenizer (fingerprint {fp[:12]}, this one "
+            f"{tokenizer_fingerprint[:12]}); use the token directory it was trained on")
+
+
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load weights (and the optimizer state) from `ckpt`; returns its state.json."""
+    ckpt = Path(ckpt)
+    load_weights(model, ckpt / MODEL_FILE, device=device)
+    if optimizer is not None:
+        opt_path = ckpt / OPTIMIZER_FILE
+        if not opt_path.exists():
+            raise ArtifactError(f"{ckpt} has no optimizer state ({OPTIMIZER_FILE}); it cannot be resumed")
+        optimizer.load_state_dict(torch.load(opt_path, map_location=device, weights_only=True))
+    return read_json(ckpt / STATE_FILE)
+
+
+def tokenizer_fingerprint(path: Path) -> str:
+    return fingerprint_file(path)
+
+
+def run_data_dir(run_dir: Path) -> Path | None:
+    """The token directory a run was trained on (recorded in its checkpoints), if known."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return None
+    d = read_json(ckpt / STATE_FILE).get("data", {}).get("dir")
+    return Path(d) if d else None
+
+
+# ----------------------------------------------------------------------------- load_run
+@dataclass
+class LoadedRun:
+    """A trained model ready for evaluation or generation."""
+
+    model: nn.Module
+    config: Any  # PretrainConfig
+    tokenizer: Any
+    step: int
+    path: Path
+    run_dir: Path
+
+
+def read_run_config(run_dir: Path):
+    """RUN/config.json as a PretrainConfig."""
+    from mlscale.train.config import PretrainConfig
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG
+    if not cfg_path.exists():
+        raise InputError(f"{run_dir} is not a mlscale run: {CONFIG} is missing "
+                         "(give the --out directory of `mlscale pretrain`)")
+    return from_dict(PretrainConfig, read_json(cfg_path))
+
+
+def load_run(run_dir: Path, step: int | None = None, device: torch.device | str = "cpu") -> LoadedRun:
+    """The model of a run (latest checkpoint, or `step`), in eval mode, with its tokenizer."""
+    from mlscale.model.llama import Llama
+    from mlscale.tokenize.tokenizer import load_tokenizer
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    tok_path = run_dir / TOKENIZER
+    if not tok_path.exists():
+        raise InputError(f"{run_dir} has no {TOKENIZER}; the run directory is incomplete")
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise InputError(f"{run_dir} has no checkpoint yet under {CHECKPOINTS}/")
+    if step is None:
+        ckpt = ckpts[-1]
+    else:
+        by_step = {checkpoint_step(p): p for p in ckpts}
+        if step not in by_step:
+            raise InputError(f"{run_dir} has no checkpoint of step {step}; it has "
+                             f"{', '.join(map(str, sorted(by_step)))}")
+        ckpt = by_step[step]
+    check_compatible(ckpt, to_dict(cfg), tokenizer_fingerprint(tok_path))
+    tokenizer = load_tokenizer(tok_path)
+    if cfg.model.vocab_size < tokenizer.vocab_size:
+        raise ArtifactError(f"{run_dir}: model.vocab_size={cfg.model.vocab_size} is smaller than "
+                            f"its tokenizer's vocabulary ({tokenizer.vocab_size})")
+    model = Llama(cfg.model)
+    state = load_checkpoint(ckpt, model, device="cpu")
+    model.to(device).eval()
+    return LoadedRun(model=model, config=cfg, tokenizer=tokenizer, step=int(state["step"]),
+                     path=ckpt, run_dir=run_dir)

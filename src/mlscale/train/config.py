@@ -1,0 +1,92 @@
+"""Configuration of a pretraining run: the model's shape and how to train it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlscale.config import option
+from mlscale.errors import ConfigError
+from mlscale.model.config import ModelConfig
+
+SCHEDULES = ("cosine", "wsd", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = option(12, "sequences per micro-batch (per rank)", min=1)
+    grad_accum: int = option(1, "micro-batches accumulated into one optimizer step", min=1)
+    max_steps: int = option(2000, "optimizer steps", min=1)
+    lr: float = option(1e-3, "peak learning rate", min=0.0)
+    min_lr: float = option(1e-4, "learning rate at the end of the decay", min=0.0)
+    warmup_steps: int = option(100, "linear warmup steps from ~0 to train.lr", min=0)
+    schedule: str = option("cosine", "after warmup: cosine to min_lr; wsd (warmup-stable-decay: "
+                           "constant, then linear decay over the last decay_fraction of steps); "
+                           "linear to min_lr; constant", choices=SCHEDULES)
+    decay_fraction: float = option(0.2, "wsd: fraction of max_steps spent decaying to min_lr",
+                                   min=0.0, max=1.0)
+    weight_decay: float = option(0.1, "AdamW decoupled weight decay on 2-D weights (biases and "
+                                 "norm gains are not decayed)", min=0.0)
+    beta1: float = option(0.9, "AdamW beta1", min=0.0, max=1.0)
+    beta2: float = option(0.95, "AdamW beta2", min=0.0, max=1.0)
+    eps: float = option(1e-8, "AdamW epsilon", min=0.0)
+    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 = no clipping", min=0.0)
+    eval_every: int = option(250, "evaluate on the validation split every N steps (and at the "
+                             "end); 0 = only at the end", min=0)
+    eval_batches: int = option(20, "random validation batches per evaluation", min=1)
+    checkpoint_every: int = option(500, "checkpoint every N steps (and at the end); 0 = only at "
+                                   "the end", min=0)
+    keep_checkpoints: int = option(2, "how many of the latest checkpoints to keep", min=1)
+    seed: int = option(1337, "seed of the initialisation and of the batch order")
+    device: str = option("auto", "auto picks cuda, then mps, then cpu",
+                         choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = option("auto", "auto = fp32 on CPU, bf16 autocast on a GPU that supports it",
+                        choices=("auto", "fp32", "bf16"))
+    compile: bool = option(False, "torch.compile the model (worth it on GPUs)")
+    log_every: int = option(1, "print one line every N steps (metrics.jsonl gets every step)",
+                            min=1)
+
+    def validate(self) -> None:
+        if self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr={self.min_lr} is above train.lr={self.lr}")
+        if self.warmup_steps >= self.max_steps and self.schedule != "constant":
+            raise ConfigError(f"train.warmup_steps={self.warmup_steps} must be below "
+                              f"train.max_steps={self.max_steps}")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `mlscale pretrain` is configured by; saved as RUN/config.json."""
+
+    model: ModelConfig = option(default_factory=ModelConfig, help="model shape")
+    train: TrainConfig = option(default_factory=TrainConfig, help="optimisation")
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+
+
+def preset_names() -> list[str]:
+    """Names of the TOML presets shipped in mlscale/presets."""
+    from importlib.resources import files
+
+    return sorted(p.name[:-5] for p in files("mlscale").joinpath("presets").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict:
+    """The settings of preset `name` (a shipped preset's name, or a path to a TOML file)."""
+    import difflib
+    from importlib.resources import as_file, files
+    from pathlib import Path
+
+    from mlscale.config import read_toml
+
+    if name.endswith(".toml") and Path(name).is_file():
+        return read_toml(name)
+    resource = files("mlscale").joinpath("presets").joinpath(f"{name.removesuffix('.toml')}.toml")
+    if not resource.is_file():
+        names = preset_names()
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown preset '{name}'{hint} (available: {', '.join(names) or 'none'})")
+    with as_file(resource) as path:
+        return read_toml(path)

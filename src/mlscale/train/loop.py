@@ -1,0 +1,435 @@
+"""The pretraining loop: token shards in, a trained model and its checkpoints out.
+
+Each piece is a small function so that train/parallel.py can wrap it without copying the
+loop: `build_model` (init from the seed), `wrap_model` (compile; DDP/FSDP later),
+`draw_batch` (this rank's share of the global batch of an (seed, step) generator),
+`forward_loss`, `reduce_mean` (across ranks), `save_checkpoint` (rank 0 writes).
+
+One optimizer step = `grad_accum` micro-batches; step k of the logs and checkpoints means
+"after k optimizer updates". Batches depend only on (seed, step), so a resumed run sees
+exactly the batches it would have seen and, on CPU, reproduces the same losses bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlscale.artifacts import StageDir, atomic_write_bytes, atomic_write_json, fingerprint_file, read_json
+from mlscale.config import to_dict
+from mlscale.errors import ArtifactError, ConfigError, InputError, MlscaleError
+from mlscale.model.config import ModelConfig
+from mlscale.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, TOKENIZER, check_compatible,
+                                      checkpoint_name, latest_checkpoint, load_checkpoint,
+                                      rng_state, save_checkpoint, set_rng_state,
+                                      write_checkpoint_dir)
+from mlscale.train.config import PretrainConfig, TrainConfig
+from mlscale.train.device import (autocast, device_name, peak_flops, resolve_device,
+                                  resolve_dtype)
+from mlscale.train.metrics import MetricsLog, step_line
+from mlscale.train.optimizer import build_optimizer
+from mlscale.train.schedule import lr_at
+
+# Keys that may change when a run is resumed: they steer bookkeeping, the hardware or the
+# length of the run, not what has been learnt so far. Everything else must match.
+RESUMABLE_KEYS = ("train.max_steps", "train.eval_every", "train.eval_batches",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+                  "train.compile", "train.device")
+EVAL_SEED_OFFSET = 1_000_003  # validation windows come from a generator apart from training's
+
+
+class TrainingDiverged(MlscaleError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass
+class Runtime:
+    """Where this process trains: device, compute dtype, and its place among ranks."""
+
+    device: torch.device
+    dtype: torch.dtype
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """A single-process runtime; train/parallel.py builds the multi-rank one."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if device.type == "cuda":
+        # TF32 matmuls: what every GPU trainer uses for the fp32 parts
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- the data
+def open_token_data(data_dir: Path):
+    """The token directory of `mlscale tokenize`, with clear errors for what is missing."""
+    from mlscale.tokenize import TokenData
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(f"token directory not found: {data_dir} (make it with `mlscale tokenize`)")
+    if not (data_dir / "manifest.json").exists():
+        raise InputError(f"{data_dir} has no manifest.json: it is not a finished "
+                         "`mlscale tokenize` output (rerun tokenize)")
+    if not (data_dir / TOKENIZER).exists():
+        raise InputError(f"{data_dir} has no {TOKENIZER}: the tokenizer is missing "
+                         "(rerun `mlscale tokenize` into a fresh directory)")
+    return TokenData(data_dir)
+
+
+def draw_batch(data: Any, cfg: PretrainConfig, index: int, runtime: Runtime,
+               seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Micro-batch number `index` of the run: this rank's share of a global random batch."""
+    from mlscale.tokenize.batches import sample_batch
+
+    x, y = sample_batch(data, cfg.train.batch_size, cfg.model.seq_len,
+                        cfg.train.seed if seed is None else seed, index,
+                        runtime.rank, runtime.world_size)
+    if runtime.device.type == "cuda":
+        return (x.pin_memory().to(runtime.device, non_blocking=True),
+                y.pin_memory().to(runtime.device, non_blocking=True))
+    return x.to(runtime.device), y.to(runtime.device)
+
+
+class BatchPrefetcher:
+    """Draws the next micro-batch while the GPU still works on this one.
+
+    Kernels are queued asynchronously on a GPU, so gathering and copying the next batch
+    (numpy indexing, pinning, host-to-device copy) can hide behind the backward pass instead
+    of leaving the device idle. The batches are the same as without it: only when they
+    are drawn changes. On CPU there is nothing to overlap, so it draws on demand.
+    """
+
+    def __init__(self, data: Any, cfg: PretrainConfig, runtime: Runtime):
+        self.data, self.cfg, self.runtime = data, cfg, runtime
+        self.enabled = runtime.device.type == "cuda"
+        self._pending: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def get(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pending is not None and self._pending[0] == index:
+            batch = self._pending[1]
+            self._pending = None
+            return batch
+        return draw_batch(self.data, self.cfg, index, self.runtime)
+
+    def prefetch(self, index: int) -> None:
+        if self.enabled:
+            self._pending = (index, draw_batch(self.data, self.cfg, index, self.runtime))
+
+
+# --------------------------------------------------------------------------- the model
+def build_model(model_cfg: ModelConfig, runtime: Runtime, seed: int) -> nn.Module:
+    """A freshly initialised model on the runtime's device; the init depends only on `seed`."""
+    from mlscale.model.llama import Llama
+
+    torch.manual_seed(seed)
+    return Llama(model_cfg).to(runtime.device)
+
+
+def wrap_model(model: nn.Module, cfg: PretrainConfig, runtime: Runtime) -> nn.Module:
+    """What the loop calls: the model, compiled if asked (parallel wrappers go here too)."""
+    if cfg.train.compile:
+        return torch.compile(model)  # type: ignore[return-value]
+    return model
+
+
+def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Mean next-token cross entropy of one micro-batch."""
+    with autocast(runtime.device, runtime.dtype):
+        _, loss = model(x, y)
+    return loss
+
+
+def reduce_mean(t: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The mean of `t` over ranks (a no-op on one process)."""
+    if runtime.world_size > 1 and torch.distributed.is_initialized():
+        t = t.clone()
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.AVG)
+    return t
+
+
+# -------------------------------------------------------------------------- one step
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+
+
+def _total_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+    if get_total_norm is not None:
+        return get_total_norm(grads, 2.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def compute_gradients(model: nn.Module, data: Any, cfg: PretrainConfig, step: int,
+                      runtime: Runtime, batches: BatchPrefetcher | None = None) -> StepResult:
+    """Forward and backward over the `grad_accum` micro-batches of `step`; no update yet.
+
+    The gradient norm is measured before clipping (and before any update), so that a
+    non-finite value can stop the run with the weights still as they were.
+    """
+    accum = cfg.train.grad_accum
+    batches = batches or BatchPrefetcher(data, cfg, runtime)
+    total = torch.zeros((), device=runtime.device)
+    for micro in range(accum):
+        index = step * accum + micro
+        x, y = batches.get(index)
+        loss = forward_loss(model, x, y, runtime)
+        (loss / accum).backward()
+        batches.prefetch(index + 1)  # while the device runs this backward
+        total += loss.detach().float()
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = _total_norm(params)
+    mean_loss = reduce_mean(total / accum, runtime)
+    both = torch.stack([mean_loss, norm.float().to(mean_loss.device)]).cpu()  # one sync
+    return StepResult(loss=float(both[0]), grad_norm=float(both[1]))
+
+
+def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, result: StepResult,
+                 lr: float, grad_clip: float) -> None:
+    """Clip the gradients to `grad_clip` (using the norm already measured) and step AdamW."""
+    if grad_clip > 0 and result.grad_norm > grad_clip:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, grad_clip / (result.grad_norm + 1e-6))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+# -------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def estimate_val_loss(model: nn.Module, data: Any, cfg: PretrainConfig, runtime: Runtime) -> float:
+    """Mean loss over `train.eval_batches` random validation batches (as nanoGPT), the
+    same windows at every evaluation so the curve is not blurred by resampling."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=runtime.device)
+    for i in range(cfg.train.eval_batches):
+        x, y = draw_batch(data, cfg, i, runtime, seed=cfg.train.seed + EVAL_SEED_OFFSET)
+        total += forward_loss(model, x, y, runtime).float()
+    model.train(was_training)
+    return float(reduce_mean(total / cfg.train.eval_batches, runtime))
+
+
+# ------------------------------------------------------------------------ run directory
+def identity_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config minus RESUMABLE_KEYS: what a run directory is tied to."""
+    out = copy.deepcopy(config)
+    for key in RESUMABLE_KEYS:
+        section, name = key.split(".")
+        out.get(section, {}).pop(name, None)
+    return out
+
+
+def _fill_vocab(cfg: PretrainConfig, vocab_size: int) -> PretrainConfig:
+    cfg = copy.deepcopy(cfg)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab_size
+    elif cfg.model.vocab_size < vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the "
+                          f"tokenizer's vocabulary ({vocab_size}); leave it 0 to take it from the tokenizer")
+    return cfg
+
+
+def _save_nonfinite(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    result: StepResult, state: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Keep what went wrong for inspection: weights and optimizer before the update, the
+    gradients that were not applied, and which batch it was."""
+    from safetensors.torch import save_file
+
+    target = out_dir / f"nonfinite-{checkpoint_name(step)}"
+    write_checkpoint_dir(target, model, optimizer,
+                         {"step": step, "loss": result.loss, "grad_norm": result.grad_norm, **state},
+                         config)
+    grads = {name: p.grad.detach().float().cpu().contiguous()
+             for name, p in model.named_parameters() if p.grad is not None}
+    save_file(grads, str(target / "gradients.safetensors"))
+    return target
+
+
+def pretrain(cfg: PretrainConfig, data_dir: Path, out_dir: Path, resume: bool = False,
+             force: bool = False, runtime: Runtime | None = None) -> dict[str, Any]:
+    """Train `cfg.model` on the token shards in `data_dir`, writing the run to `out_dir`.
+
+    A new `out_dir` starts a run. An existing one is continued with `resume` from its latest
+    checkpoint (only RESUMABLE_KEYS may differ from its config), refused without it (so a
+    run is never silently overwritten), and deleted first with `force`. A finished run with
+    the same config is not retrained. Returns the summary also stored in RUN/manifest.json.
+    """
+    from mlscale.tokenize.tokenizer import load_tokenizer
+
+    runtime = runtime or setup_runtime(cfg.train)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data = open_token_data(data_dir)
+    tok_path = data_dir / TOKENIZER
+    tok_fp = fingerprint_file(tok_path)
+    tokenizer = load_tokenizer(tok_path)
+    cfg = _fill_vocab(cfg, tokenizer.vocab_size)
+    train_tokens, val_tokens = data.split("train"), data.split("val")
+    need = cfg.model.seq_len + 1
+    if len(train_tokens) < need:
+        raise InputError(f"{data_dir}: the train split has {len(train_tokens)} tokens, fewer than "
+                         f"model.seq_len + 1 = {need}; use more data or a shorter context")
+    has_val = len(val_tokens) >= need
+    config = to_dict(cfg)
+    inputs = {"tokenizer": tok_fp, "tokens": fingerprint_file(data_dir / "manifest.json")}
+
+    if force and out_dir.exists():
+        shutil.rmtree(out_dir)
+    existing = (out_dir / "stage.json").exists()
+    stage = StageDir.open(out_dir, "pretrain", identity_config(config), inputs)
+    if stage.complete:
+        manifest = stage.manifest()
+        if manifest.get("summary", {}).get("steps", 0) >= cfg.train.max_steps:
+            if runtime.is_main:
+                print(f"{out_dir} is already trained to step {manifest['summary']['steps']}; nothing to do")
+            return manifest["summary"]
+    if existing and not resume:
+        ckpt = latest_checkpoint(out_dir)
+        where = f" (latest checkpoint: step {read_json(ckpt / 'state.json')['step']})" if ckpt else ""
+        raise ArtifactError(f"{out_dir} already holds a pretraining run{where}; pass --resume to "
+                            "continue it, --force to delete it and start over, or choose another --out")
+
+    model = build_model(cfg.model, runtime, cfg.train.seed)
+    optimizer = build_optimizer(model, cfg.train)
+    start_step, tokens_seen, elapsed_before = 0, 0, 0.0
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        check_compatible(ckpt, config, tok_fp)
+        state = load_checkpoint(ckpt, model, optimizer, device=runtime.device)
+        set_rng_state(state["rng"])
+        start_step = int(state["step"])
+        tokens_seen = int(state["tokens_seen"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        if runtime.is_main:
+            print(f"resuming {out_dir} from {ckpt.name}")
+    elif resume and runtime.is_main:
+        print(f"no checkpoint in {out_dir}; starting from step 0")
+    if runtime.is_main:
+        atomic_write_json(out_dir / CONFIG, config)
+        atomic_write_bytes(out_dir / TOKENIZER, tok_path.read_bytes())
+    train_model = wrap_model(model, cfg, runtime)
+    train_model.train()
+    return _train(cfg, config, train_model, model, optimizer, data, train_tokens,
+                  val_tokens if has_val else None, out_dir, stage, runtime,
+                  start_step, tokens_seen, elapsed_before, tok_fp, data_dir)
+
+
+def _train(cfg: PretrainConfig, config: dict[str, Any], train_model: nn.Module, model: nn.Module,
+           optimizer: torch.optim.Optimizer, data: Any, train_tokens: Any, val_tokens: Any,
+           out_dir: Path, stage: StageDir, runtime: Runtime, start_step: int, tokens_seen: int,
+           elapsed_before: float, tok_fp: str, data_dir: Path) -> dict[str, Any]:
+    t = cfg.train
+    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * runtime.world_size
+    flops_per_token = float(model.flops_per_token(cfg.model.seq_len))
+    peak = peak_flops(runtime.device, runtime.dtype)
+    n_params = model.num_params()
+    if runtime.is_main:
+        print(f"model: {n_params / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M "
+              f"non-embedding), {flops_per_token / 1e6:.1f} MFLOPs/token; training on "
+              f"{device_name(runtime.device)} ({str(runtime.dtype).removeprefix('torch.')}), "
+              f"{tokens_per_step} tokens/step, steps {start_step + 1}..{t.max_steps}", flush=True)
+
+    def state_at(step: int, train_loss: float | None, val_loss: float | None) -> dict[str, Any]:
+        return {
+            "tokens_seen": tokens_seen,
+            "lr": lr_at(max(step - 1, 0), t),
+            "schedule": {"name": t.schedule, "max_steps": t.max_steps, "warmup_steps": t.warmup_steps,
+                         "lr": t.lr, "min_lr": t.min_lr, "decay_fraction": t.decay_fraction},
+            "data": {"dir": str(data_dir.resolve()), "seed": t.seed, "next_batch": step * t.grad_accum,
+                     "world_size": runtime.world_size},
+            "rng": rng_state(),
+            "tokenizer_fingerprint": tok_fp,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "elapsed_s": elapsed_before + (time.perf_counter() - started),
+        }
+
+    train_loss = val_loss = None
+    batches = BatchPrefetcher(train_tokens, cfg, runtime)
+    step_seconds: list[float] = []
+    started = time.perf_counter()
+    with MetricsLog(out_dir / METRICS, resume_step=start_step if start_step else None) as metrics:
+        for step in range(start_step, t.max_steps):
+            done = step + 1
+            t0 = time.perf_counter()
+            lr = lr_at(step, t)
+            result = compute_gradients(train_model, train_tokens, cfg, step, runtime, batches)
+            if not result.finite:
+                where = _save_nonfinite(out_dir, done, model, optimizer, result,
+                                        state_at(step, result.loss, val_loss), config) \
+                    if runtime.is_main else out_dir
+                raise TrainingDiverged(
+                    f"step {done}: non-finite {'loss' if not math.isfinite(result.loss) else 'gradient norm'} "
+                    f"(loss {result.loss}, gradient norm {result.grad_norm}) at lr {lr:.3g}; "
+                    f"stopped before the update, state saved in {where}. Lower train.lr, raise "
+                    "train.warmup_steps or set train.grad_clip, then --resume from the last checkpoint "
+                    "or start over with --force")
+            apply_update(model, optimizer, result, lr, t.grad_clip)
+            # no device sync here: compute_gradients already waits for the loss each step, so
+            # in steady state the wall time between steps is the step time, and the update
+            # can overlap the next batch's host-side work
+            dt = time.perf_counter() - t0
+            tokens_seen += tokens_per_step
+            train_loss = result.loss
+            step_seconds.append(dt)
+            recent = float(np.median(step_seconds[-20:]))
+            tok_s = tokens_per_step / dt
+            mfu = flops_per_token * tok_s / peak if peak else None
+            if runtime.is_main:
+                metrics.write({"step": done, "train_loss": train_loss, "lr": lr,
+                               "grad_norm": result.grad_norm, "tokens": tokens_seen,
+                               "tokens_per_s": round(tok_s, 1), "mfu": mfu,
+                               "time_s": round(time.perf_counter() - started + elapsed_before, 3)})
+                if done % t.log_every == 0 or done == t.max_steps:
+                    print(step_line(done, t.max_steps, train_loss, lr, tok_s, mfu,
+                                    recent * (t.max_steps - done), result.grad_norm), flush=True)
+            last = done == t.max_steps
+            if val_tokens is not None and ((t.eval_every and done % t.eval_every == 0) or last):
+                val_loss = estimate_val_loss(train_model, val_tokens, cfg, runtime)
+                if runtime.is_main:
+                    metrics.write({"step": done, "val_loss": val_loss})
+                    print(f"step {done}: val loss {val_loss:.4f}", flush=True)
+            if runtime.is_main and ((t.checkpoint_every and done % t.checkpoint_every == 0) or last):
+                save_checkpoint(out_dir, done, model, optimizer, state_at(done, train_loss, val_loss),
+                                config, t.keep_checkpoints)
+    seconds = time.perf_counter() - started
+    trained = t.max_steps - start_step
+    summary = {
+        "steps": t.max_steps,
+        "final_train_loss": train_loss,
+        "final_val_loss": val_loss,
+        "tokens": tokens_seen,
+        "parameters": n_params,
+        "flops_per_token": flops_per_token,
+        "seconds": round(elapsed_before + seconds, 3),
+        "tokens_per_s": round(trained * tokens_per_step / seconds, 1) if trained and seconds > 0 else None,
+        "device": device_name(runtime.device),
+        "data": str(data_dir.resolve()),
+        "checkpoint": str(out_dir / CHECKPOINTS / checkpoint_name(t.max_steps)),
+    }
+    if runtime.is_main:
+        stage.write_manifest({"summary": summary})
+    return summary

@@ -1,0 +1,50 @@
+"""AdamW with nanoGPT's parameter groups: 2-D weights decay, everything else does not."""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from mlscale.train.config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into a decayed group (matrices: linear weights and
+    embeddings, as nanoGPT) and an undecayed one (norm gains, biases).
+
+    Decaying a norm gain pulls it towards 0 and so shrinks the whole activation, which is
+    not the regulariser intended; matrices are what weight decay is meant for. A tied
+    embedding / output matrix appears once (named_parameters deduplicates shared tensors).
+    """
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _fused_supported(device_type: str) -> bool:
+    """torch's fused AdamW kernel exists for CUDA, and in recent releases for CPU and MPS."""
+    if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
+        return False
+    if device_type == "cuda":
+        return True
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    return device_type in ("cpu", "mps") and (major, minor) >= (2, 4)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups`, with the fused kernel where this torch has one."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    device_type = next(model.parameters()).device.type
+    kwargs: dict = {}
+    if _fused_supported(device_type):
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kwargs)

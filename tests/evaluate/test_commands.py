@@ -1,0 +1,82 @@
+"""`mlscale evaluate` and `mlscale generate` on a tiny trained run."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mlscale.cli import main
+from mlscale.config import from_dict, load_config
+from mlscale.train.config import PretrainConfig
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    from mlscale.tokenize import TokenizeConfig, tokenize_corpus
+    from mlscale.train.loop import pretrain
+
+    root = tmp_path_factory.mktemp("evalrun")
+    src = root / "text.txt"
+    src.write_text(SHAKESPEARE.read_text()[:30_000])
+    tcfg = load_config(TokenizeConfig, overrides=["--tokenizer.kind=char", "--shards.workers=1"])
+    tokenize_corpus([src], root / "tok", tcfg, progress=False)
+    cfg = from_dict(PretrainConfig, {
+        "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "seq_len": 32},
+        "train": {"batch_size": 8, "max_steps": 30, "warmup_steps": 3, "lr": 1e-2, "min_lr": 1e-3,
+                  "eval_every": 0, "eval_batches": 2, "checkpoint_every": 0, "device": "cpu",
+                  "log_every": 10}})
+    pretrain(cfg, root / "tok", root / "run")
+    return root / "run", root / "tok"
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_evaluate_prints_json_with_the_figures(run, capsys):
+    run_dir, tok = run
+    rc, out, _ = run_cli(["evaluate", str(run_dir)], capsys)
+    assert rc == 0
+    res = json.loads(out)
+    assert {"loss", "perplexity", "bits_per_byte", "tokens", "step", "split"} <= set(res)
+    assert res["step"] == 30 and res["split"] == "val"
+    assert res["tokens"] == json.loads((tok / "manifest.json").read_text())["splits"]["val"]["tokens"] - 1
+    assert res["perplexity"] == pytest.approx(math.exp(res["loss"]))
+    # ASCII text with a char tokenizer: one byte per token, so bits per byte = loss in bits
+    assert res["bits_per_byte"] == pytest.approx(res["loss"] / math.log(2))
+    # trained: well below the uniform guess over the vocabulary, above zero
+    vocab = json.loads((run_dir / "config.json").read_text())["model"]["vocab_size"]
+    assert 0.5 < res["loss"] < math.log(vocab) - 0.5
+
+
+def test_evaluate_on_a_text_file_and_bad_data(run, tmp_path, capsys):
+    run_dir, tok = run
+    text = tmp_path / "t.txt"
+    text.write_text(SHAKESPEARE.read_text()[30_000:31_000])
+    rc, out, _ = run_cli(["evaluate", str(run_dir), "--data", str(text)], capsys)
+    res = json.loads(out)
+    assert rc == 0 and res["tokens"] == 999 and res["bytes_per_token"] == pytest.approx(1.0)
+    rc, _, err = run_cli(["evaluate", str(run_dir), "--data", str(tmp_path / "nope")], capsys)
+    assert rc == 2 and "no such file" in err
+    rc, _, err = run_cli(["evaluate", str(tmp_path)], capsys)
+    assert rc == 2 and "not a mlscale run" in err
+
+
+def test_generate_prints_text_reproducibly(run, capsys):
+    run_dir, _ = run
+    argv = ["generate", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "80", "--seed", "3"]
+    rc, out1, _ = run_cli(argv, capsys)
+    assert rc == 0 and out1.startswith("ROMEO:")
+    assert len(out1.strip()) > len("ROMEO:") + 40  # char tokens: ~80 new characters
+    assert run_cli(argv, capsys)[1] == out1  # the same seed, the same text
+    assert run_cli(argv[:-1] + ["4"], capsys)[1] != out1
+    rc, greedy, _ = run_cli(argv + ["--temperature", "0"], capsys)
+    assert rc == 0 and greedy == run_cli(argv[:-1] + ["9", "--temperature", "0"], capsys)[1]
+    rc, _, err = run_cli(argv + ["--top-p", "1.5"], capsys)
+    assert rc == 2 and "--top-p" in err
