@@ -10,11 +10,11 @@ step) in a fresh subprocess, so that its peak memory is its own:
            (same r, alpha, targets), the same optimiser and batches.
 Reported per method: trainable parameters and their share, the bytes of weights +
 gradients + optimizer state (counted from the tensors), the peak memory of the process
-(CUDA: torch.cuda.max_memory_allocated; CPU: peak RSS above the RSS measured right after
-imports), and the median step time. Token ids are random: neither memory nor time depends
+during training (CUDA: torch.cuda.max_memory_allocated; CPU: peak RSS (VmHWM, reset once
+the model is built) above the RSS right after imports), and the median step time. Token ids are random: neither memory nor time depends
 on their values. Ratios are against full fine-tuning, and ours/PEFT for LoRA.
 
-    python benchmarks/bench_finetune.py                  # CPU, a 29M-parameter model
+    python benchmarks/bench_finetune.py                  # CPU, a 118M-parameter model, fp32
     python benchmarks/bench_finetune.py --gpu            # CUDA, a 1.3B-parameter model, bf16 autocast
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,16 +32,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SHAPES = {
-    "cpu": dict(n_layer=8, n_head=8, d_model=512, seq_len=256, vocab_size=8192, batch=4, steps=4),
-    "gpu": dict(n_layer=24, n_head=16, d_model=2048, seq_len=1024, vocab_size=32000, batch=8, steps=10),
+    # weights, not activations, dominate here: the regime fine-tuning memory is about
+    "cpu": dict(n_layer=8, n_head=8, d_model=1024, seq_len=128, vocab_size=8192, batch=1, steps=3),
+    "gpu": dict(n_layer=24, n_head=16, d_model=2048, seq_len=1024, vocab_size=32000, batch=2, steps=10),
 }
 METHODS = ("full", "lora", "qlora", "peft-lora")
 RANK, ALPHA = 16, 32
 
 
-def rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def proc_status(key: str) -> int:
+    """A byte figure of /proc/self/status (VmRSS: resident now; VmHWM: peak since reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def reset_peak_rss() -> None:
+    """Restart VmHWM from the current RSS (Linux >= 4.0), so building the model (a QLoRA
+    base exists in fp32 until it is quantised) does not count as training memory."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def state_bytes(model, optimizer) -> int:
@@ -62,7 +71,8 @@ def state_bytes(model, optimizer) -> int:
 
 def run_one(method: str, shape: dict, gpu: bool) -> dict:
     """Train `steps` steps with `method`; called in a fresh subprocess."""
-    baseline_rss = 0
+    import gc
+
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -80,7 +90,7 @@ def run_one(method: str, shape: dict, gpu: bool) -> dict:
         import transformers  # noqa: F401
     device = torch.device("cuda" if gpu else "cpu")
     dtype = torch.bfloat16 if gpu else torch.float32
-    baseline_rss = rss_bytes()
+    baseline_rss = proc_status("VmRSS")
     mc = ModelConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], d_model=shape["d_model"],
                      seq_len=shape["seq_len"], vocab_size=shape["vocab_size"], tie_embeddings=False)
     mc.validate()
@@ -98,8 +108,9 @@ def run_one(method: str, shape: dict, gpu: bool) -> dict:
                              num_key_value_heads=mc.kv_heads, max_position_embeddings=mc.seq_len,
                              tie_word_embeddings=False)
         hf_cfg._attn_implementation = "sdpa"
-        model = get_peft_model(LlamaForCausalLM(hf_cfg), LoraConfig(
-            r=RANK, lora_alpha=ALPHA, target_modules=[f"{t}_proj" for t in targets])).to(device)
+        with device:
+            model = get_peft_model(LlamaForCausalLM(hf_cfg), LoraConfig(
+                r=RANK, lora_alpha=ALPHA, target_modules=[f"{t}_proj" for t in targets]))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
 
@@ -107,7 +118,8 @@ def run_one(method: str, shape: dict, gpu: bool) -> dict:
             return model(input_ids=x, labels=None).logits.float().flatten(0, 1).log_softmax(-1) \
                 .gather(-1, y.flatten()[:, None]).mean().neg()
     else:
-        model = prepare_model(Llama(mc), cfg).to(device)
+        with device:  # built where it trains; quantised there for qlora
+            model = prepare_model(Llama(mc), cfg)
         trainable, total = count_parameters(model)
 
         def loss_of(x, y):
@@ -117,8 +129,12 @@ def run_one(method: str, shape: dict, gpu: bool) -> dict:
     g = torch.Generator().manual_seed(1)
     B, T = shape["batch"], shape["seq_len"]
     times = []
+    gc.collect()
     if gpu:
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
     for step in range(shape["steps"] + 1):  # the first step warms up (allocator, kernels)
         ids = torch.randint(0, mc.vocab_size, (B, T + 1), generator=g).to(device)
         synchronize(device)
@@ -138,7 +154,7 @@ def run_one(method: str, shape: dict, gpu: bool) -> dict:
         out["peak_bytes"] = torch.cuda.max_memory_allocated()
         out["device"] = torch.cuda.get_device_name()
     else:
-        out["peak_bytes"] = rss_bytes() - baseline_rss
+        out["peak_bytes"] = proc_status("VmHWM") - baseline_rss
         out["device"] = "cpu"
     return out
 
@@ -148,19 +164,28 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="run on CUDA with the larger shape")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, help="timed steps per method (after one warm-up step)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     shape = dict(SHAPES["gpu" if args.gpu else "cpu"])
     if args.steps:
         shape["steps"] = args.steps
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(run_one(args.one, shape, args.gpu)))
         return
     results = {}
     for method in args.methods.split(","):
         cmd = [sys.executable, __file__, "--one", method] + (["--gpu"] if args.gpu else []) \
-            + (["--steps", str(args.steps)] if args.steps else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+            + (["--steps", str(args.steps)] if args.steps else []) \
+            + (["--threads", str(args.threads)] if args.threads else [])
+        # a fixed mmap threshold makes glibc hand freed tensors back to the OS, so the RSS of
+        # a method is what it holds, not what an earlier allocation left mapped
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(f"{method}: failed\n{proc.stderr[-2000:]}")
             continue

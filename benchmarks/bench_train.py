@@ -21,6 +21,7 @@ in the table), and never touches the network.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -137,7 +138,13 @@ def memory_child(which: str, shape_name: str, steps: int) -> None:
 
     shape = SHAPES[shape_name]
     device = torch.device("cpu")
-    torch.ones(8) @ torch.ones(8)  # let torch set up its thread pool before the baseline
+    # warm up on a miniature of the same model first: lazy imports, thread pools and
+    # kernel libraries then count in the baseline, not in the model's training memory
+    mini = dict(shape, n_layer=1, d_model=shape["n_head"] * 8, batch=1)
+    warm = build(which, model_config(mini), device)
+    make_step(which, warm, device, torch.float32)(*batch(mini, device, 0))
+    del warm
+    gc.collect()
     base = reset_peak_rss()
     model = build(which, model_config(shape), device)
     step = make_step(which, model, device, torch.float32)

@@ -22,10 +22,9 @@ def config(*overrides: str) -> CurateConfig:
     return load_config(CurateConfig, overrides=["--workers=1", *overrides])
 
 
-def test_dedup_removes_exactly_the_planted_duplicates(dedup_corpus, tmp_path, outputs):
-    folder, planted = dedup_corpus
-    out = tmp_path / "out"
-    manifest = curate([folder], out, config("--steps=exact,near"))
+def test_dedup_removes_exactly_the_planted_duplicates(dedup_corpus, reference, outputs):
+    _folder, planted = dedup_corpus
+    out, manifest = reference.out, reference.manifest
     kept, removed = outputs.rows(out)
     assert manifest["records"] == planted["total"] == len(kept) + len(removed)
     by_id = {r["id"]: r for r in removed}
@@ -43,7 +42,7 @@ def test_dedup_removes_exactly_the_planted_duplicates(dedup_corpus, tmp_path, ou
     assert pq.read_schema(out / manifest["outputs"]["kept"][0]).equals(KEPT_SCHEMA)
     assert pq.read_schema(out / manifest["outputs"]["removed"][0]).equals(REMOVED_SCHEMA)
     funnel = {g["step"]: g for g in manifest["funnel"]}
-    assert list(funnel) == ["read", "exact", "near"]
+    assert list(funnel) == ["read", "language", "exact", "near"]
     assert funnel["exact"]["removed"] == {"duplicate": len(planted["exact"])}
     assert funnel["near"]["removed"] == {"near_duplicate": len(planted["near"])}
     assert funnel["near"]["out"] == manifest["kept"]
@@ -66,17 +65,17 @@ def _in_memory_near(texts: list[str], cfg: CurateConfig) -> dict[int, tuple[int,
     return {int(i): int(s) for i, s in enumerate(survivor) if s != i}
 
 
-def test_staged_dedup_equals_in_memory_dedup_whatever_the_partitioning(dedup_corpus, tmp_path,
+def test_staged_dedup_equals_in_memory_dedup_whatever_the_partitioning(reference, tmp_path,
                                                                        outputs):
-    folder, _planted = dedup_corpus
-    # many shards (slices of each file) and 3 key partitions, against one shard and one
-    cut = config("--steps=exact,near", "--shard.input_bytes=20000", "--shard.dedup_docs=40",
-                 "--near.threshold=0.6")
-    whole = config("--steps=exact,near", "--near.threshold=0.6")
-    m_cut = curate([folder], tmp_path / "cut", cut)
-    curate([folder], tmp_path / "whole", whole)
-    assert m_cut["work_units"]["shards"] > 3 and m_cut["work_units"]["key_partitions"] == 3
-    kept_cut, removed_cut = outputs.rows(tmp_path / "cut")
+    folder = reference.folder
+    # the reference cut the files into many shards and the keys into 3 partitions
+    assert reference.manifest["work_units"]["shards"] > 3
+    assert reference.manifest["work_units"]["key_partitions"] == 3
+    whole = config("--steps=language,exact,near")
+    m_whole = curate([folder], tmp_path / "whole", whole)
+    # the three small files packed into one unit
+    assert m_whole["work_units"] == {"input_files": 3, "shards": 1, "key_partitions": 1}
+    kept_cut, removed_cut = outputs.rows(reference.out)
     kept_whole, removed_whole = outputs.rows(tmp_path / "whole")
     key = lambda r: r["id"]  # noqa: E731
     assert sorted(kept_cut, key=key) == sorted(kept_whole, key=key)
@@ -96,7 +95,7 @@ def test_staged_dedup_equals_in_memory_dedup_whatever_the_partitioning(dedup_cor
                      for i, s in near.items()})
     got = {r["id"]: (r["step"], r["duplicate_of"]) for r in removed_whole}
     assert got == expected
-    assert len(expected) > 0
+    assert {step for step, _ in expected.values()} == {"exact", "near"}
 
 
 def test_full_pipeline_on_the_bundled_sample(tmp_path, outputs):
@@ -127,3 +126,21 @@ def test_full_pipeline_on_the_bundled_sample(tmp_path, outputs):
     assert sum(hist["length_kept"]) == manifest["kept"]
     assert sum(hist["language_score"]) == next(
         g["in"] for g in manifest["funnel"] if g["step"] == "language")
+
+
+def test_units_slice_large_files_and_pack_small_ones(tmp_path):
+    from mlscale.curate.staging.plan import plan_filter_units
+
+    sizes = {"a.jsonl": 10, "b.jsonl": 35, "c.jsonl": 20, "d.jsonl": 20, "e.jsonl": 100}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * size)
+    units = plan_filter_units(sorted(tmp_path.iterdir()), input_bytes=40, pack_bytes=40)
+    layout = [[(p.source, p.slice, p.slices) for p in u.pieces] for u in units]
+    assert layout == [
+        [("a.jsonl", 0, 1)],  # a + b would exceed 40 bytes
+        [("b.jsonl", 0, 1)],
+        [("c.jsonl", 0, 1), ("d.jsonl", 0, 1)],  # exactly 40
+        [("e.jsonl", 0, 3)], [("e.jsonl", 1, 3)], [("e.jsonl", 2, 3)],
+    ]
+    assert [u.shard for u in units] == list(range(6))
+    assert [p.file_index for u in units for p in u.pieces] == [0, 1, 2, 3, 4, 4, 4]

@@ -11,7 +11,7 @@ from mlscale.errors import ArtifactError, InputError
 from mlscale.finetune.base import load_base
 from mlscale.finetune.config import FINETUNE_DEFAULTS, FinetuneConfig
 from mlscale.finetune.loop import finetune
-from mlscale.finetune.merge import load_finetuned
+from mlscale.finetune.merge import load_finetuned, merge_into_base
 from mlscale.model.lora import lora_layers
 from mlscale.train.metrics import read_metrics
 
@@ -73,6 +73,17 @@ def test_the_reloaded_finetuned_model_is_the_trained_one(tmp_path, base_run, alp
     tok = merged.tokenizer
     assert tok.decode(x[0].tolist(), skip_special_tokens=False) == \
         "<|bos|>### Instruction:\nSay hi.\n\n### Response:\n"
+    # the merged export (what `mlscale export FT --format hf --merge` writes) loads in
+    # transformers and gives the fine-tuned logits
+    from transformers import LlamaForCausalLM
+
+    from mlscale.export.hf import export_hf
+
+    exported = merge_into_base(out)
+    export_hf(exported.model, tmp_path / "hf", exported.run_dir / "tokenizer.json")
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path / "hf"), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (hf(x).logits - b).abs().max() < 1e-4
 
 
 def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, base_run, alpaca_file, monkeypatch):
@@ -185,3 +196,31 @@ def test_a_hugging_face_llama_directory_is_a_base_too(tmp_path, alpaca_file):
     summary = finetune(config(train={"max_steps": 2}), hf_dir, alpaca_file, tmp_path / "ft")
     assert summary["steps"] == 2
     assert load_finetuned(tmp_path / "ft").model.cfg.d_model == 32
+
+
+def test_evaluate_and_generate_work_on_a_finetuned_run_through_the_load_run_hook(tmp_path, base_run,
+                                                                                  alpaca_file, monkeypatch):
+    """The one-line hook the lead wires into train/checkpoint.load_run:
+    `if is_finetuned(run_dir): return load_finetuned(run_dir, device=device)`."""
+    import mlscale.train.checkpoint as checkpoint
+    from mlscale.evaluate.command import evaluate_run
+    from mlscale.evaluate.generate_command import generate_text
+    from mlscale.finetune.merge import is_finetuned
+
+    out = tmp_path / "ft"
+    finetune(config(), base_run, alpaca_file, out)
+    real = checkpoint.load_run
+
+    def hooked(run_dir, step=None, device="cpu"):
+        if is_finetuned(run_dir):
+            return load_finetuned(run_dir, device=device)
+        return real(run_dir, step=step, device=device)
+
+    monkeypatch.setattr(checkpoint, "load_run", hooked)
+    text = tmp_path / "answers.txt"
+    text.write_text("\n".join(json.loads(line)["output"] for line in alpaca_file.read_text().splitlines()))
+    tuned = evaluate_run(out, text, progress=False)
+    base = evaluate_run(base_run, text, progress=False)
+    assert np.isfinite(tuned["loss"]) and tuned["loss"] != base["loss"]
+    (sample,) = generate_text(out, "Say hi.", max_new_tokens=8, temperature=0)
+    assert sample.startswith("Say hi.")

@@ -1,7 +1,6 @@
 """IsoFLOP sweeps: depth choice, step counts from the model's FLOPs, a tiny real sweep, resume."""
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from mlscale.tokenize.tokenizer import load_tokenizer
 from mlscale.train.config import PretrainConfig
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
-BUDGETS = [3e8, 6e8]
+BUDGETS = [2e8, 4e8]
 
 
 def tiny_base() -> PretrainConfig:
@@ -23,6 +22,7 @@ def tiny_base() -> PretrainConfig:
     cfg.model.seq_len = 16
     t = cfg.train
     t.batch_size, t.warmup_steps, t.eval_batches, t.device, t.log_every = 2, 2, 2, "cpu", 1000
+    t.checkpoint_every = 10
     return cfg
 
 
@@ -63,32 +63,33 @@ def test_planned_runs_spend_their_budget_with_the_models_own_flops():
 def test_tiny_sweep_runs_resumes_and_feeds_the_fit(tmp_path, tok_dir, monkeypatch, capsys):
     import mlscale.train.loop as loop
 
-    real_pretrain = loop.pretrain
+    real_pretrain, real_save = loop.pretrain, loop.save_checkpoint
     calls: list[str] = []
 
-    def interrupted(cfg, data_dir, out_dir, resume=False, **kw):
+    def counting(cfg, data_dir, out_dir, resume=False, **kw):
         calls.append(Path(out_dir).name)
-        if len(calls) == 3:  # the third run is interrupted half-way: a checkpoint, no marker
-            half = copy.deepcopy(cfg)
-            half.train.max_steps = cfg.train.max_steps // 2
-            real_pretrain(half, data_dir, out_dir, resume=resume)
-            raise KeyboardInterrupt
         return real_pretrain(cfg, data_dir, out_dir, resume=resume, **kw)
 
+    def crash_in_third_run(run_dir, step, *a, **kw):
+        real_save(run_dir, step, *a, **kw)
+        if len(calls) == 3 and step == 10:  # the third run dies after its step-10 checkpoint
+            raise KeyboardInterrupt
+
     out = tmp_path / "sweep"
-    monkeypatch.setattr(loop, "pretrain", interrupted)
+    monkeypatch.setattr(loop, "pretrain", counting)
+    monkeypatch.setattr(loop, "save_checkpoint", crash_in_third_run)
     with pytest.raises(KeyboardInterrupt):
         sweep(tiny_base(), tok_dir, out, BUDGETS, sizes=2)
     finished = (out / "runs.csv").read_text().splitlines()
     assert len(finished) == 1 + 2 and finished[0].startswith("N,D,C,loss")  # finished runs are in the table
     interrupted_run = out / "runs" / calls[2]
-    assert (interrupted_run / "checkpoints").is_dir()
+    assert [p.name for p in (interrupted_run / "checkpoints").iterdir()] == ["step-00000010"]
 
     calls.clear()
-    monkeypatch.setattr(loop, "pretrain", lambda *a, **kw: (calls.append(Path(a[2]).name), real_pretrain(*a, **kw))[1])
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     manifest = sweep(tiny_base(), tok_dir, out, BUDGETS, sizes=2)
-    assert len(calls) == 2 and calls[0] == interrupted_run.name  # finished runs skipped
-    assert "resuming" in capsys.readouterr().out
+    assert calls == [interrupted_run.name, "C4e+08-d2"]  # finished runs skipped
+    assert f"resuming {interrupted_run}" in capsys.readouterr().out
     rows = manifest["runs"]
     assert len(rows) == 4 and {r["budget"] for r in rows} == set(BUDGETS)
 

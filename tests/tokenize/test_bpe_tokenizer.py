@@ -75,3 +75,20 @@ def test_foreign_gpt2_style_tokenizer_gets_its_roles(tmp_path, cc_records):
     path.write_text(json.dumps(spec))
     tok = load_tokenizer(path)
     assert tok.eos_id == tok.bos_id == tok.pad_id == 0
+
+
+def test_train_bytes_caps_the_tokenizer_training_text(cc_jsonl, cc_records):
+    from tqdm import tqdm
+
+    from mlscale.tokenize.sources import resolve_inputs
+    from mlscale.tokenize.stage import _train_texts
+
+    cfg = TokenizeConfig()
+    cfg.split.val_fraction = 0.3
+    train = [r["text"] for r in cc_records if split_of(r["id"], 0.3) == "train"]
+    sizes = np.cumsum([len(t.encode("utf-8")) for t in train])
+    cfg.tokenizer.train_bytes = int(sizes[2]) - 1  # reached inside the third train document
+    got = list(_train_texts(resolve_inputs([cc_jsonl]), cfg, tqdm(disable=True)))
+    assert got == train[:3]
+    cfg.tokenizer.train_bytes = 0
+    assert list(_train_texts(resolve_inputs([cc_jsonl]), cfg, tqdm(disable=True))) == train

@@ -151,3 +151,10 @@ def test_corrupt_compressed_input_is_an_input_error(tmp_path, name, message):
     (tmp_path / name).write_bytes(b"this is not compressed at all\n" * 10)
     with pytest.raises(InputError, match=message):
         list(iter_pieces(resolve_inputs([tmp_path / name]), InputConfig(), 0.1))
+
+
+def test_lone_surrogates_in_json_are_replaced_and_pairs_kept(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": "a", "text": "lone \\ud800 here"}\n{"id": "b", "text": "pair \\ud83d\\ude00"}\n')
+    texts = [p.text for p in iter_pieces(resolve_inputs([path]), InputConfig(), 0.0)]
+    assert texts == ["lone ? here", "pair 😀"]

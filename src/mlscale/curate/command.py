@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 EPILOG = """\
@@ -87,6 +88,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         if value is not None:
             flags[key] = value
     cfg = load_config(CurateConfig, args.config, merge(parse_overrides(overrides), flags))
+    finished_before = (Path(args.out) / "manifest.json").exists() and not args.force
     manifest = curate(inputs, args.out, cfg, force=args.force)
     print("\n".join(summary_lines(manifest, args.out)), file=sys.stdout)
+    if finished_before:
+        print(f"{args.out} was already complete with these settings: nothing to do "
+              "(--force starts over)")
     return 0

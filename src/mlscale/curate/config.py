@@ -33,8 +33,11 @@ class ShardConfig:
     """How the work is cut into units: this bounds memory, not the corpus size."""
 
     input_bytes: int = option(
-        32 << 20, "input file bytes per work unit of the filter stage; a larger file is "
-        "split into ceil(size / input_bytes) slices of its records", min=1)
+        64 << 20, "a larger input file is cut into ceil(size / input_bytes) work units "
+        "(slices of its records) of the filter stage", min=1)
+    pack_bytes: int = option(
+        1 << 20, "consecutive smaller files are packed into one work unit up to this many "
+        "bytes (a folder of many small pages makes few units)", min=1)
     dedup_docs: int = option(
         2_000_000, "documents per key partition of the exact and near stages: each "
         "bucketing task holds at most this many keys in memory", min=1)

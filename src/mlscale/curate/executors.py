@@ -33,8 +33,9 @@ def available_cores() -> int:
 
 
 def _progress(total: int, desc: str) -> tqdm:
+    # redraw at most every 2 s when stderr is a log file rather than a terminal
     return tqdm(total=total, desc=desc, unit="task", dynamic_ncols=True, leave=True,
-                disable=None if sys.stderr.isatty() else False, file=sys.stderr)
+                file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 2.0)
 
 
 class Executor(ABC):

@@ -85,7 +85,7 @@ def curate(inputs: Sequence[str | Path], out: str | Path, cfg: CurateConfig | No
     _remove_temp_files(out)
 
     timings: dict[str, float] = {}
-    units = plan_filter_units(files, cfg.shard.input_bytes)
+    units = plan_filter_units(files, cfg.shard.input_bytes, cfg.shard.pack_bytes)
     with make_executor(cfg.executor, cfg.workers, cfg.ray.address,
                        preload=["mlscale.curate.staging.tasks"]) as executor:
         ctx = Context(str(out), cfg)
@@ -197,8 +197,9 @@ def _manifest_body(ctx: Context, units: list, filtered: list[dict[str, Any]],
                               for p in (out / "removed").glob("part-*.parquet")),
             "report": "report.html",
         },
-        "sources": sorted({u.source for u in units}),
-        "work_units": {"filter": len(units), "shards": len(units), "key_partitions": ctx.parts},
+        "sources": sorted({p.source for u in units for p in u.pieces}),
+        "work_units": {"input_files": len({p.path for u in units for p in u.pieces}),
+                       "shards": len(units), "key_partitions": ctx.parts},
         "stage_seconds": timings,
         "execution": cfg.execution(),
     }

@@ -231,7 +231,7 @@ def build_report(body: dict[str, Any], examples: dict[str, dict[str, Any]],
         ["documents removed", f"{body['removed']:,} ({_pct(body['removed'], records)})"],
         ["characters kept", body.get("kept_chars", 0)],
         ["wall-clock seconds (this invocation)", f"{secs:.1f}"],
-        ["work units", f"{body['work_units']['filter']} shards, "
+        ["work units", f"{body['work_units']['shards']} shard(s), "
                        f"{body['work_units']['key_partitions']} key partition(s)"],
     ]))
     page.section("Funnel", image(_funnel_figure(funnel, records), "documents left after each step")

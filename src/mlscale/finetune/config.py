@@ -5,9 +5,14 @@ from dataclasses import dataclass
 
 from mlscale.config import option
 from mlscale.errors import ConfigError
-from mlscale.model.lora import LoraConfig
 from mlscale.train.config import TrainConfig
 
+# LoRA target short name -> (sub-layer, projection) inside a Block of mlscale.model.llama
+TARGETS: dict[str, tuple[str, str]] = {
+    "q": ("attn", "q_proj"), "k": ("attn", "k_proj"), "v": ("attn", "v_proj"),
+    "o": ("attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
+    "down": ("mlp", "down_proj"),
+}
 METHODS = ("full", "lora", "qlora")
 OBJECTIVES = ("sft", "dpo")
 FORMATS = ("auto", "alpaca", "self_instruct", "chat", "prompt_completion", "preference")
@@ -15,6 +20,27 @@ FORMATS = ("auto", "alpaca", "self_instruct", "chat", "prompt_completion", "pref
 RUN_INFO = "finetune.json"  # FT/finetune.json: what a fine-tuned run is and where its base is
 PROMPT, RESPONSE = "{prompt}", "{response}"
 BOS_MARK, EOS_MARK = "<|bos|>", "<|eos|>"
+
+
+@dataclass
+class LoraConfig:
+    """Shape of the LoRA adapters (Hu et al. 2021); the modules live in mlscale.model.lora."""
+
+    r: int = option(8, "rank of the low-rank update", min=1)
+    alpha: float = option(16.0, "scaling numerator: the update is multiplied by alpha / r", min=0.0)
+    dropout: float = option(0.0, "dropout on the adapter's input (training only)", min=0.0, max=1.0)
+    targets: list[str] = option(["q", "k", "v", "o", "gate", "up", "down"],
+                                "projections that get an adapter", choices=tuple(TARGETS))
+
+    def validate(self) -> None:
+        if not self.targets:
+            raise ConfigError("lora.targets is empty; name at least one of " + ",".join(TARGETS))
+        if len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"lora.targets lists a projection twice: {','.join(self.targets)}")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
 
 
 @dataclass
@@ -41,7 +67,7 @@ class TemplateConfig:
                     raise ConfigError(f"{key}: the template must contain {slot} exactly once "
                                       f"(for {what}); it has it {n} times: {text!r}")
         if self.text.index(PROMPT) > self.text.index(RESPONSE):
-            raise ConfigError(f"{'template.text'}: {PROMPT} must come before {RESPONSE}")
+            raise ConfigError(f"template.text: {PROMPT} must come before {RESPONSE}")
 
 
 @dataclass

@@ -36,7 +36,7 @@ from mlscale.config import to_dict
 from mlscale.errors import ConfigError, InputError
 from mlscale.finetune.base import Base, load_base
 from mlscale.finetune.config import RUN_INFO, FinetuneConfig
-from mlscale.finetune.data import (IGNORE, PackedRows, PreferenceRows, TemplateRenderer,
+from mlscale.finetune.data import (PackedRows, PreferenceRows, TemplateRenderer,
                                    epoch_order, pack_examples, read_examples, read_preferences,
                                    split_holdout, tokenize_preferences)
 from mlscale.finetune.dpo import (REF_CACHE, dpo_loss, evaluate_dpo, load_or_compute_ref, pair_logps,
@@ -47,7 +47,7 @@ from mlscale.model.quant import quantize_linears
 from mlscale.train.checkpoint import METRICS, TOKENIZER, rng_state, save_weights, set_rng_state
 from mlscale.train.device import autocast, device_name, synchronize
 from mlscale.train.loop import Runtime, StepResult, TrainingDiverged, apply_update, setup_runtime
-from mlscale.train.metrics import MetricsLog, step_line
+from mlscale.train.metrics import MetricsLog, read_metrics, step_line
 from mlscale.train.optimizer import build_optimizer
 from mlscale.train.schedule import lr_at
 
@@ -55,6 +55,15 @@ ADAPTER_DIR = "adapter"
 TEMPLATE_FILE = "template.json"
 FULL_WEIGHTS = "model.safetensors"
 CHECKPOINT_DIR = "checkpoint"
+# settings that may differ when an interrupted run is resumed: where and how verbosely it
+# runs, not what it learns
+RESUMABLE_KEYS = ("device", "log_every", "eval_every", "eval_batches", "checkpoint_every",
+                  "keep_checkpoints", "compile")
+
+
+def identity_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config an FT directory is tied to: all of it but the RESUMABLE_KEYS of train."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in RESUMABLE_KEYS}}
 
 
 # ---------------------------------------------------------------------------- the model
@@ -177,13 +186,15 @@ def finetune(cfg: FinetuneConfig, base_path: str | Path, data_path: str | Path, 
     inputs = {"data": fingerprint_file(data_path), **{f"base/{k}": v for k, v in base.fingerprints.items()}}
     if cfg.data.val:
         inputs["val"] = fingerprint_file(cfg.data.val)
-    stage = StageDir.open(out_dir, "finetune", config, inputs, force=force)
+    stage = StageDir.open(out_dir, "finetune", identity_config(config), inputs, force=force)
     if stage.complete:
         print(f"{out_dir} is already fine-tuned with these settings; nothing to do")
         return stage.manifest()["summary"]
 
     model = prepare_model(base.model, cfg).to(runtime.device)
     model.train()
+    # the training steps may run compiled; evaluation, references and saving use `model`
+    step_model = torch.compile(model) if cfg.train.compile else model
     trainable, total = count_parameters(model)
     optimizer = build_optimizer(model, cfg.train)
     t = cfg.train
@@ -218,9 +229,13 @@ def finetune(cfg: FinetuneConfig, base_path: str | Path, data_path: str | Path, 
     atomic_write_json(out_dir / "config.json", config)
     atomic_write_bytes(out_dir / TOKENIZER, Path(base.tokenizer.path).read_bytes())
     params = [p for p in model.parameters() if p.requires_grad]
-    first_val = _evaluate(model, cfg, data, ref_val, runtime) if start_step == 0 and data.val else None
-    if first_val:
-        print(f"step 0: " + ", ".join(f"{k} {v:.4f}" for k, v in first_val.items()), flush=True)
+    first_val = None
+    if data.val is not None and start_step == 0:
+        first_val = _evaluate(model, cfg, data, ref_val, runtime)
+        print("step 0: " + ", ".join(f"{k} {v:.4f}" for k, v in first_val.items()), flush=True)
+    elif data.val is not None and (out_dir / METRICS).exists():  # resumed: the step-0 figures
+        first_val = next((r for r in read_metrics(out_dir / METRICS) if r.get("step") == 0), None)
+        first_val = {k: v for k, v in (first_val or {}).items() if k != "step"} or None
 
     last_train: dict[str, float] = {}
     last_val = first_val
@@ -229,7 +244,7 @@ def finetune(cfg: FinetuneConfig, base_path: str | Path, data_path: str | Path, 
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runtime.device)
     with MetricsLog(out_dir / METRICS, resume_step=start_step if start_step else None) as metrics:
-        if first_val:
+        if first_val and not start_step:
             metrics.write({"step": 0, **first_val})
         for step in range(start_step, t.max_steps):
             done = step + 1
@@ -243,7 +258,7 @@ def finetune(cfg: FinetuneConfig, base_path: str | Path, data_path: str | Path, 
                     pairs = epoch_order(len(data.train), t.batch_size, t.seed, index)
                     batch = data.train.batch(pairs, runtime.device)
                     with autocast(runtime.device, runtime.dtype):
-                        pc, pr = pair_logps(model, batch)
+                        pc, pr = pair_logps(step_model, batch)
                     idx = torch.from_numpy(pairs)
                     loss, s = dpo_loss(pc.float(), pr.float(), ref_train[0][idx].to(runtime.device),
                                        ref_train[1][idx].to(runtime.device), cfg.dpo.beta)
@@ -252,7 +267,7 @@ def finetune(cfg: FinetuneConfig, base_path: str | Path, data_path: str | Path, 
                     tokens += int((batch["x"] != data.train.pad_id).sum())
                 else:
                     rows = epoch_order(len(data.train), t.batch_size, t.seed, index)
-                    loss, n = sft_loss(model, data.train.batch(rows, runtime.device), runtime)
+                    loss, n = sft_loss(step_model, data.train.batch(rows, runtime.device), runtime)
                     tokens += n
                 (loss / t.grad_accum).backward()
                 losses.append(float(loss.detach()))

@@ -16,48 +16,22 @@ import contextlib
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.nn as nn
 
-from mlscale.config import option
-from mlscale.errors import ArtifactError, ConfigError
+from mlscale.errors import ArtifactError
+from mlscale.finetune.config import TARGETS, LoraConfig  # torch-free, so `mlscale --help` stays fast
 from mlscale.model.quant import Linear4bit
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
-# short target name -> (sub-layer, projection) inside a Block
-TARGETS: dict[str, tuple[str, str]] = {
-    "q": ("attn", "q_proj"), "k": ("attn", "k_proj"), "v": ("attn", "v_proj"),
-    "o": ("attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
-    "down": ("mlp", "down_proj"),
-}
 _PROJ_TO_SHORT = {proj: short for short, (_, proj) in TARGETS.items()}
 # our sub-layer names -> Hugging Face Llama's
 _HF_SUBLAYER = {"attn": "self_attn", "mlp": "mlp"}
-
-
-@dataclass
-class LoraConfig:
-    r: int = option(8, "rank of the low-rank update", min=1)
-    alpha: float = option(16.0, "scaling numerator: the update is multiplied by alpha / r", min=0.0)
-    dropout: float = option(0.0, "dropout on the adapter's input (training only)", min=0.0, max=1.0)
-    targets: list[str] = option(["q", "k", "v", "o", "gate", "up", "down"],
-                                "projections that get an adapter", choices=tuple(TARGETS))
-
-    def validate(self) -> None:
-        if not self.targets:
-            raise ConfigError("lora.targets is empty; name at least one of " + ",".join(TARGETS))
-        if len(set(self.targets)) != len(self.targets):
-            raise ConfigError(f"lora.targets lists a projection twice: {','.join(self.targets)}")
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
 
 
 class LoRALinear(nn.Module):

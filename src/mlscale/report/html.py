@@ -26,7 +26,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.sub td:first-child { padding-left: 2em; color: #555; }
 img { max-width: 100%; height: auto; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; }
-.figures figure { margin: 0; flex: 1 1 320px; }
+.figures figure { margin: 0; flex: 1 1 460px; max-width: 640px; }
 figcaption { color: #555; font-size: 0.88em; }
 pre.snippet { white-space: pre-wrap; word-break: break-word; background: #f7f7f9;
               border: 1px solid #e3e3e8; padding: 0.6em; font-size: 0.85em; max-height: 16em;

@@ -43,7 +43,7 @@ class ShardConfig:
                                min=1024)
     workers: int = option(0, "encoding processes; 0 = one per CPU core. Does not change the output",
                           min=0)
-    batch_chars: int = option(1 << 20, "characters of text sent to a worker at a time. Does not change "
+    batch_chars: int = option(1 << 18, "characters of text sent to a worker at a time. Does not change "
                                        "the output", min=1024)
 
 

@@ -112,7 +112,7 @@ def iter_documents(src: Source, cfg: InputConfig) -> Iterator[tuple[str, str]]:
         yield from _jsonl(src.path, cfg)
     else:
         with _open_text(src.path) as fh:
-            yield src.path.name, _clean(fh.read())
+            yield src.path.name, fh.read()
 
 
 # ------------------------------------------------------------------------------ readers
@@ -136,14 +136,15 @@ def _parquet(path: Path, cfg: InputConfig) -> Iterator[tuple[str, str]]:
         for doc_id, text in zip(ids, texts):
             if text is not None and not isinstance(text, str):
                 raise InputError(f"{path}: row {row}: '{cfg.text_field}' is not text")
-            yield (str(doc_id) if doc_id is not None else f"{path.name}#{row}"), _clean(text or "")
+            # Arrow strings are valid UTF-8: nothing to clean
+            yield (str(doc_id) if doc_id is not None else f"{path.name}#{row}"), text or ""
             row += 1
 
 
 def _jsonl(path: Path, cfg: InputConfig) -> Iterator[tuple[str, str]]:
     with _open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+            if line.isspace() or not line:
                 continue
             try:
                 rec = json.loads(line)
@@ -155,7 +156,9 @@ def _jsonl(path: Path, cfg: InputConfig) -> Iterator[tuple[str, str]]:
             if text is not None and not isinstance(text, str):
                 raise InputError(f"{path}:{lineno}: '{cfg.text_field}' is not a string")
             doc_id = rec.get(cfg.id_field)
-            yield (str(doc_id) if doc_id is not None else f"{path.name}#{lineno}"), _clean(text or "")
+            if text and ("\\ud" in line or "\\uD" in line):  # escaped surrogates: maybe a lone one
+                text = _clean(text)
+            yield (str(doc_id) if doc_id is not None else f"{path.name}#{lineno}"), text or ""
 
 
 @contextmanager
@@ -188,7 +191,7 @@ def _open_text(path: Path) -> Iterator[IO[str]]:
 
 
 def _clean(text: str) -> str:
-    """Replace lone surrogates (possible in JSON), which cannot be encoded to UTF-8."""
+    """Replace lone surrogates (JSON can escape them; UTF-8 cannot hold them) with '?'."""
     try:
         text.encode("utf-8")
         return text
@@ -232,7 +235,7 @@ def _text_by_position(path: Path, val_fraction: float) -> Iterator[Piece]:
                 continue
             text, buf = buf[:end], buf[end:]
             pos += len(text)
-            yield Piece(split, _clean(text), first[split], False)
+            yield Piece(split, text, first[split], False)
             first[split] = False
 
 

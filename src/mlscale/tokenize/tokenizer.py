@@ -10,7 +10,6 @@ Stages that need the special tokens use their ids (`bos_id`, `eos_id`, `pad_id`)
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -118,14 +117,10 @@ def _first_id(hf: tokenizers.Tokenizer, names: Iterable[str]) -> int | None:
 
 
 def _kind(hf: tokenizers.Tokenizer) -> str:
-    spec = json.loads(hf.to_str())
-    model = (spec.get("model") or {}).get("type")
-    decoder = (spec.get("decoder") or {}).get("type")
-    if model == "WordLevel" and decoder == "Fuse":
+    model = type(hf.model).__name__
+    if model == "WordLevel" and type(hf.decoder).__name__ == "Fuse":
         return "char"
-    if model == "BPE":
-        return "bpe"
-    return str(model).lower()
+    return model.lower()  # "bpe", "unigram", "wordpiece", ...
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

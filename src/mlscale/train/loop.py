@@ -332,13 +332,15 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, out_dir: Path, resume: bool = 
         atomic_write_bytes(out_dir / TOKENIZER, tok_path.read_bytes())
     train_model = wrap_model(model, cfg, runtime)
     train_model.train()
-    return _train(cfg, config, train_model, model, optimizer, data, train_tokens,
+    if not has_val and runtime.is_main:
+        print(f"note: the val split of {data_dir} has fewer than {need} tokens; no validation loss")
+    return _train(cfg, config, train_model, model, optimizer, train_tokens,
                   val_tokens if has_val else None, out_dir, stage, runtime,
                   start_step, tokens_seen, elapsed_before, tok_fp, data_dir)
 
 
 def _train(cfg: PretrainConfig, config: dict[str, Any], train_model: nn.Module, model: nn.Module,
-           optimizer: torch.optim.Optimizer, data: Any, train_tokens: Any, val_tokens: Any,
+           optimizer: torch.optim.Optimizer, train_tokens: Any, val_tokens: Any,
            out_dir: Path, stage: StageDir, runtime: Runtime, start_step: int, tokens_seen: int,
            elapsed_before: float, tok_fp: str, data_dir: Path) -> dict[str, Any]:
     t = cfg.train

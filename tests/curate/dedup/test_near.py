@@ -82,3 +82,27 @@ def test_batching_does_not_change_the_result(corpus):
 def test_empty_input():
     result = near_duplicates([], NearConfig())
     assert result.duplicate_of.shape == (0,) and result.pairs.shape == (0, 2)
+
+
+def test_huge_bucket_of_copies_is_one_cluster(corpus):
+    docs = [corpus[0]] * 300 + corpus[1:4]
+    result = near_duplicates(docs, NearConfig(max_bucket=8))
+    assert result.num_removed == 299
+    assert np.all(result.duplicate_of[1:300] == 0) and not result.removed[300:].any()
+    assert set(result.cluster_id[:300].tolist()) == {0}
+    # Pairs are bounded by the window: at most 7 per member per band, not 300 * 299 / 2.
+    assert result.candidates <= 300 * 7
+
+
+def test_verification_from_file_equals_in_memory(corpus, tmp_path):
+    from mlscale.curate.dedup import _verify_from_file, minhash_signatures, verify_pairs
+
+    sigs = minhash_signatures(corpus[:60] + corpus[120:180], NearConfig())
+    path = tmp_path / "sigs.u64"
+    sigs.tofile(path)
+    pairs = np.array([(i, j) for i in range(0, 120, 7) for j in range(i + 1, 120, 5)])
+    pairs = np.concatenate([pairs, np.stack([np.arange(60), np.arange(60, 120)], axis=1)])
+    expected = verify_pairs(pairs, sigs, 0.8)
+    got = _verify_from_file(pairs, str(path), sigs.shape[1], 0.8, chunk=13)
+    np.testing.assert_array_equal(got, expected)
+    assert 20 < len(expected) < len(pairs)

@@ -9,12 +9,13 @@ Near duplicates (MinHash LSH, after Broder 1997 and Mining of Massive Datasets c
     labels = connected_components(n, pairs)
     duplicate_of, cluster_id = choose_survivors(labels, order_key)
 
-`near_duplicates` runs these in one process with signatures spilled to a temporary file,
-so memory grows by ~bands * 8 bytes per document, not by the signature size; the
-curate pipeline stages the same pieces on disk as parallel, resumable tasks.
+`near_duplicates` runs these in one process with signatures and band keys spilled to
+temporary files (memory: one batch, one band's keys, the candidate pairs); the curate
+pipeline stages the same pieces on disk as parallel, resumable tasks.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -63,8 +64,11 @@ class NearResult:
 
 
 def verify_pairs(pairs: np.ndarray, sigs: np.ndarray, threshold: float,
-                 chunk: int = 1 << 20) -> np.ndarray:
-    """The pairs whose signature-estimated Jaccard is >= threshold (sigs may be a memmap)."""
+                 chunk: int = 1 << 20, return_mask: bool = False) -> np.ndarray:
+    """The pairs (rows of `sigs`) whose signature-estimated Jaccard is >= threshold.
+
+    With `return_mask`, the boolean mask over `pairs` instead of the kept pairs.
+    """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     keep = np.zeros(pairs.shape[0], dtype=bool)
     for lo in range(0, pairs.shape[0], chunk):
@@ -73,7 +77,7 @@ def verify_pairs(pairs: np.ndarray, sigs: np.ndarray, threshold: float,
         # Compare in counts of equal entries: no float rounding at the threshold.
         need = np.ceil(threshold * sigs.shape[1] - 1e-9)
         keep[lo: lo + chunk] = np.rint(est * sigs.shape[1]) >= need
-    return pairs[keep]
+    return keep if return_mask else pairs[keep]
 
 
 def near_duplicates(texts: Iterable[str], cfg: NearConfig | None = None,
@@ -82,22 +86,25 @@ def near_duplicates(texts: Iterable[str], cfg: NearConfig | None = None,
     """Find near-duplicate clusters in `texts`; the survivor is the earliest document.
 
     Texts are consumed in batches of at most `batch_size` documents or `batch_chars`
-    characters, whichever comes first, which bounds the working memory of the
-    signature step whatever the corpus size.
+    characters. Signatures and each band's keys are appended to temporary files, so
+    resident memory is one batch's working set, plus one band's keys (8 bytes per
+    document) while its buckets are sorted, plus the candidate pairs.
     """
     cfg = cfg or NearConfig()
     bands, rows = cfg.band_rows()
     seconds = {"signatures": 0.0, "buckets": 0.0, "verify": 0.0, "clusters": 0.0}
     with tempfile.TemporaryDirectory(prefix="mlscale-near-") as tmp:
         sig_path = os.path.join(tmp, "signatures.u64")
-        key_chunks: list[np.ndarray] = []
+        band_paths = [os.path.join(tmp, f"band-{b:03d}.u64") for b in range(bands)]
         n = 0
         t0 = time.perf_counter()
         bar = None
         if progress:
             from tqdm import tqdm
             bar = tqdm(desc="minhash", unit="doc")
-        with open(sig_path, "wb") as fh:
+        with contextlib.ExitStack() as stack:
+            sig_file = stack.enter_context(open(sig_path, "wb"))
+            band_files = [stack.enter_context(open(p, "wb")) for p in band_paths]
             batch: list[str] = []
             chars = 0
             for text in _with_flush(texts):
@@ -106,8 +113,10 @@ def near_duplicates(texts: Iterable[str], cfg: NearConfig | None = None,
                     chars += len(text)
                 if batch and (len(batch) >= batch_size or chars >= batch_chars or text is None):
                     sigs = minhash_signatures(batch, cfg)
-                    sigs.tofile(fh)
-                    key_chunks.append(band_keys(sigs, bands, rows))
+                    sigs.tofile(sig_file)
+                    keys = band_keys(sigs, bands, rows)
+                    for band, fh in enumerate(band_files):
+                        np.ascontiguousarray(keys[:, band]).tofile(fh)
                     n += len(batch)
                     if bar is not None:
                         bar.update(len(batch))
@@ -115,25 +124,20 @@ def near_duplicates(texts: Iterable[str], cfg: NearConfig | None = None,
                     chars = 0
         if bar is not None:
             bar.close()
-        keys = np.concatenate(key_chunks) if key_chunks else np.empty((0, bands), np.uint64)
-        del key_chunks
         t1 = time.perf_counter()
         seconds["signatures"] = t1 - t0
 
         doc_ids = np.arange(n, dtype=np.int64)
-        encoded = [bucket_pairs(keys[:, band], doc_ids, cfg.max_bucket) for band in range(bands)]
-        del keys
-        codes = np.unique(np.concatenate([p[:, 0] * n + p[:, 1] for p in encoded])) \
-            if encoded else np.empty(0, np.int64)
+        codes = np.empty(0, dtype=np.int64)  # pair (i, j) as i * n + j: one sortable int
+        for path in band_paths:
+            pairs = bucket_pairs(np.fromfile(path, dtype=np.uint64), doc_ids, cfg.max_bucket)
+            codes = np.union1d(codes, pairs[:, 0] * n + pairs[:, 1])
         candidates = np.stack([codes // max(n, 1), codes % max(n, 1)], axis=1)
         t2 = time.perf_counter()
         seconds["buckets"] = t2 - t1
 
         if cfg.verify and candidates.shape[0]:
-            sigs_disk = np.memmap(sig_path, dtype=np.uint64, mode="r",
-                                  shape=(n, cfg.num_perm))
-            pairs = verify_pairs(candidates, sigs_disk, cfg.threshold)
-            del sigs_disk
+            pairs = _verify_from_file(candidates, sig_path, cfg.num_perm, cfg.threshold)
         else:
             pairs = candidates
         t3 = time.perf_counter()
@@ -145,6 +149,31 @@ def near_duplicates(texts: Iterable[str], cfg: NearConfig | None = None,
     seconds["clusters"] = time.perf_counter() - t3
     return NearResult(duplicate_of, cluster_id, pairs, int(candidates.shape[0]), bands, rows,
                       seconds)
+
+
+def _verify_from_file(pairs: np.ndarray, path: str, num_perm: int, threshold: float,
+                      chunk: int = 1 << 15) -> np.ndarray:
+    """`verify_pairs` reading only the needed signature rows from the file at `path`.
+
+    Rows are read with pread rather than a memory map, so they do not stay resident as
+    mapped pages of a file that is ~900 bytes per document; a chunk of pairs needs at
+    most 2 * chunk rows in memory.
+    """
+    row_bytes = num_perm * 8
+    kept = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for lo in range(0, pairs.shape[0], chunk):
+            part = pairs[lo: lo + chunk]
+            ids = np.unique(part)
+            rows = np.empty((ids.shape[0], num_perm), dtype=np.uint64)
+            for k, i in enumerate(ids.tolist()):
+                rows[k] = np.frombuffer(os.pread(fd, row_bytes, i * row_bytes), dtype=np.uint64)
+            local = np.searchsorted(ids, part)
+            kept.append(part[verify_pairs(local, rows, threshold, return_mask=True)])
+    finally:
+        os.close(fd)
+    return np.concatenate(kept) if kept else np.empty((0, 2), np.int64)
 
 
 def _with_flush(texts: Iterable[str]) -> Iterable[str | None]:

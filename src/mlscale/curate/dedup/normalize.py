@@ -156,6 +156,21 @@ def _normalize_kernel(buf, offsets, cls, fstart, flen, pool, out, out_offsets):
         pending_space = False
         any_word = False
         while i < end:
+            b = buf[i]
+            if b < 128 and cls[b] == 1:  # fast path: an ASCII letter, folded to one byte
+                if pending_space:
+                    out[o] = 32
+                    o += 1
+                    pending_space = False
+                any_word = True
+                out[o] = pool[fstart[b]]
+                o += 1
+                i += 1
+                continue
+            if b < 128 and cls[b] == 0:  # fast path: ASCII space or punctuation
+                pending_space = any_word
+                i += 1
+                continue
             cp, nxt = _decode(buf, i, end)
             c = _class(cp, cls)
             if c == 0:

@@ -107,7 +107,8 @@ def _extend_ids(prev: np.ndarray, tokens: np.ndarray, n: int, out: np.ndarray) -
     for i in range(m):
         a = prev[i]
         b = tokens[i + n - 1]
-        slot = ((a * 0x9E3779B1 + b) * 0x85EBCA77) & mask
+        h = a * 0x9E3779B1 + b  # ids < 2**31, so no overflow
+        slot = (h ^ (h >> 17)) & mask
         while True:
             if keys_a[slot] == -1:
                 keys_a[slot] = a

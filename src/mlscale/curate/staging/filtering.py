@@ -1,4 +1,4 @@
-"""The filter stage: read one slice of an input and run extract, language and quality on it.
+"""The filter stage: read a unit's input (files, or a slice of one), extract, language, quality.
 
 The steps are chained lazily (`run_steps` style), with a tap around each that counts the
 documents going in and out, times the step, and remembers the documents inside the step
@@ -12,20 +12,22 @@ import time
 from collections import defaultdict, deque
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from mlscale.artifacts import fingerprint_obj
 from mlscale.curate.config import CurateConfig
 from mlscale.curate.document import Document, Removal
 from mlscale.curate.output import documents_table, removal_row, removals_table, write_table
 from mlscale.curate.staging.layout import save_npy
-from mlscale.curate.staging.plan import Context, FilterUnit, input_order
+from mlscale.curate.staging.plan import Context, FilterUnit, Piece, input_order
 from mlscale.curate.staging.stats import (LENGTH_EDGES, SCORE_EDGES, StepStats, example,
                                           histogram)
 from mlscale.curate.step import Item, Step
 
 LANGUAGE_SCORE_KEYS = ("language_score",)
-# a document's record index in its file rides in its metadata through the steps (steps may
-# batch or replace documents); it is taken out again before anything is written
-POSITION_KEY = "_mlscale_record_index"
+# a document's input-order key rides in its metadata through the steps (steps may batch or
+# replace documents); it is taken out again before anything is written
+ORDER_KEY = "_mlscale_input_order"
 _STEPS_CACHE: dict[str, list[tuple[str, Step]]] = {}
 
 
@@ -90,34 +92,36 @@ class _Funnel:
         self.lengths: list[int] = []
         self.scores: list[float] = []
 
-    def _record(self, removal: Removal, doc: Document | None, stats: StepStats) -> None:
+    def _record(self, removal: Removal, doc: Document | None, stats: StepStats,
+                source: str = "") -> None:
         stats.removed[removal.reason] = stats.removed.get(removal.reason, 0) + 1
-        source = doc.source if doc is not None else self.unit.source
+        source = doc.source if doc is not None and doc.source else source
         url = doc.url if doc is not None else ""
-        self.rows.append(removal_row(removal, source or self.unit.source, url))
+        self.rows.append(removal_row(removal, source, url))
         key = f"{removal.step}/{removal.reason}"
         if key not in self.examples:
             text = "" if doc is None else (doc.text or doc.html or "")
             self.examples[key] = example(removal.id, removal.step, removal.reason, text=text,
                                          detail=removal.detail, url=url, source=source)
 
-    def reader(self, items: Iterable[Item]) -> Iterator[Item]:
-        """The unit's slice of the file's records, counted as the read step."""
-        k, n = self.unit.slice, self.unit.slices
+    def reader(self, read: Callable[[Piece], Iterable[Item]]) -> Iterator[Item]:
+        """The records of the unit's pieces (each file, or its slice), counted as `read`."""
 
         def add(dt: float) -> None:
             self.inclusive[0] += dt
 
-        for i, item in enumerate(_timed(items, add)):
-            if i % n != k:
-                continue
-            self.read.docs_in += 1
-            if isinstance(item, Removal):
-                self._record(item, None, self.read)
-            else:
-                self.read.docs_out += 1
-                item.metadata[POSITION_KEY] = i
-            yield item
+        for piece in self.unit.pieces:
+            k, n = piece.slice, piece.slices
+            for i, item in enumerate(_timed(read(piece), add)):
+                if i % n != k:
+                    continue
+                self.read.docs_in += 1
+                if isinstance(item, Removal):
+                    self._record(item, None, self.read, piece.source)
+                else:
+                    self.read.docs_out += 1
+                    item.metadata[ORDER_KEY] = input_order(piece.file_index, i)
+                yield item
 
     def around(self, group: str, step: Step, stream: Iterable[Item]) -> Iterator[Item]:
         """Run `step` on `stream` with a tap on each side (steps register in chain order)."""
@@ -174,8 +178,8 @@ def run_filter_unit(ctx: Context, unit: FilterUnit) -> dict[str, Any]:
 
     cfg = ctx.config
     funnel = _Funnel(unit)
-    stream: Iterable[Item] = funnel.reader(read_file(unit.path, cfg.read, on_error=cfg.on_error,
-                                                     source=unit.source))
+    stream: Iterable[Item] = funnel.reader(
+        lambda piece: read_file(piece.path, cfg.read, on_error=cfg.on_error, source=piece.source))
     steps = filter_steps(cfg)
     measured_length = False
     for group, step in steps:
@@ -186,14 +190,14 @@ def run_filter_unit(ctx: Context, unit: FilterUnit) -> dict[str, Any]:
     if not measured_length:
         stream = _lengths(stream, funnel.lengths)
     kept = [item for item in stream if isinstance(item, Document)]
-    positions = [doc.metadata.pop(POSITION_KEY) for doc in kept]
+    order = np.array([doc.metadata.pop(ORDER_KEY) for doc in kept], dtype=np.int64)
     layout = ctx.layout
     write_table(documents_table(kept), layout.docs(unit.shard))
-    save_npy(layout.order(unit.shard), input_order(unit.file_index, positions))
+    save_npy(layout.order(unit.shard), order)
     write_table(removals_table(funnel.rows), layout.filter_removed(unit.shard))
     steps_json = funnel.finish()
     return {
-        "source": unit.source, "slice": [unit.slice, unit.slices],
+        "sources": sorted({p.source for p in unit.pieces}),
         "records": funnel.read.docs_in, "documents": len(kept), "removed": len(funnel.rows),
         "steps": steps_json, "examples": funnel.examples,
         "hist": {"length_extracted": histogram(funnel.lengths, LENGTH_EDGES),

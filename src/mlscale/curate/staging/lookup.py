@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mlscale.curate.output import read_table
 from mlscale.curate.staging.layout import check_sorted, load_npy
@@ -54,8 +53,11 @@ def duplicates_in_shard(ctx: Context, paths: list[Path], shard: int, redo: str) 
     """
     lo = ctx.offsets[shard]
     hi = lo + ctx.docs[shard]
-    tables = [read_table(path, redo=redo, filters=[("gid", ">=", lo), ("gid", "<", hi)])
-              for path in paths]
+    tables = []
+    for path in paths:
+        table = read_table(path, redo=redo, filters=[("gid", ">=", lo), ("gid", "<", hi)])
+        check_sorted(path, table.column("gid").to_numpy(), redo)
+        tables.append(table)
     if not tables:
         return pa.table({"gid": pa.array([], pa.int64())})
     merged = pa.concat_tables(tables)

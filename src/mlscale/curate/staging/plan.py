@@ -1,8 +1,10 @@
 """The plan of a curate run: its work units and what every task is handed.
 
-The filter stage has one unit per input file, or per slice of a file larger than
-`shard.input_bytes`: slice k of n takes the records whose index i in the file has
-i % n == k. The units, their order and hence the shard numbers depend only on the input
+The filter stage's units: a file larger than `shard.input_bytes` is cut into
+ceil(size / input_bytes) slices (slice k of n takes the records whose index i in the file
+has i % n == k), and consecutive smaller files are packed together up to
+`shard.pack_bytes` (a folder of thousands of .html pages makes a few units, not
+thousands). The units, their order and hence the shard numbers depend only on the input
 files and the config, never on the executor or the worker count.
 
 Two numbers name a document after the filter stage: its global index g = offset[s] + row
@@ -25,15 +27,22 @@ from mlscale.curate.staging.layout import Layout
 
 
 @dataclass(frozen=True)
-class FilterUnit:
-    """Read, extract, language and quality for one slice of one input file."""
+class Piece:
+    """One input file, or one slice of its records."""
 
-    shard: int
     path: str
     source: str
-    file_index: int = 0
+    file_index: int
     slice: int = 0
     slices: int = 1
+
+
+@dataclass(frozen=True)
+class FilterUnit:
+    """Read, extract, language and quality for its pieces, in order, into one shard."""
+
+    shard: int
+    pieces: tuple[Piece, ...]
 
     @property
     def name(self) -> str:
@@ -47,23 +56,44 @@ def source_names(files: Sequence[Path]) -> list[str]:
     return [Path(f).resolve().relative_to(root).as_posix() for f in files]
 
 
-def plan_filter_units(files: Sequence[Path], input_bytes: int) -> list[FilterUnit]:
-    """One unit per file, or ceil(size / input_bytes) record slices of a large file."""
+def plan_filter_units(files: Sequence[Path], input_bytes: int,
+                      pack_bytes: int | None = None) -> list[FilterUnit]:
+    """Slices of files over `input_bytes`, packs of up to `pack_bytes` (default:
+    `input_bytes`) of smaller files."""
+    pack_limit = input_bytes if pack_bytes is None else pack_bytes
     units: list[FilterUnit] = []
+    pack: list[Piece] = []
+    packed = 0
+
+    def flush() -> None:
+        nonlocal pack, packed
+        if pack:
+            units.append(FilterUnit(len(units), tuple(pack)))
+        pack, packed = [], 0
+
     for index, (path, source) in enumerate(zip(files, source_names(files))):
         size = Path(path).stat().st_size
-        n = max(1, math.ceil(size / input_bytes))
-        for k in range(n):
-            units.append(FilterUnit(len(units), str(Path(path).resolve()), source, index, k, n))
+        resolved = str(Path(path).resolve())
+        if size > input_bytes:
+            flush()
+            n = math.ceil(size / input_bytes)
+            for k in range(n):
+                units.append(FilterUnit(len(units), (Piece(resolved, source, index, k, n),)))
+            continue
+        if pack and packed + size > pack_limit:
+            flush()
+        pack.append(Piece(resolved, source, index))
+        packed += size
+    flush()
     return units
 
 
 POSITION_BITS = 40  # records per file: up to 2^40
 
 
-def input_order(file_index: int, positions: np.ndarray) -> np.ndarray:
-    """Input-order keys of records at `positions` (0-based) of file `file_index`."""
-    return (np.int64(file_index) << np.int64(POSITION_BITS)) + np.asarray(positions, dtype=np.int64)
+def input_order(file_index: int, position: int) -> int:
+    """The input-order key of the record at `position` (0-based) of file `file_index`."""
+    return (file_index << POSITION_BITS) + position
 
 
 def key_partitions(total_docs: int, dedup_docs: int) -> int:

@@ -1,0 +1,140 @@
+"""`ExperimentConfig`: one experiment file, one table per stage.
+
+    name, out                  what the experiment is called and where it writes
+    [inputs]                   raw documents to curate, plain text to add after curation
+    [curate] [tokenize] [pretrain]   the same keys as `mlscale curate / tokenize / pretrain`
+    [evaluate] [generate]      the same settings as the flags of `mlscale evaluate / generate`
+
+Overrides address a stage's keys with its table as prefix, e.g.
+`--pretrain.train.max_steps=300` or `--curate.near.threshold=0.7`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlscale.config import load_config, option
+from mlscale.curate.config import CurateConfig
+from mlscale.errors import ConfigError
+from mlscale.tokenize.config import TokenizeConfig
+from mlscale.train.config import PretrainConfig
+
+# names that stand for files shipped in the package
+BUNDLED_SAMPLE = "@sample"
+BUNDLED_SHAKESPEARE = "@shakespeare"
+STAGES = ("curate", "tokenize", "pretrain", "evaluate", "generate")
+
+
+@dataclass
+class InputsConfig:
+    """What the experiment reads."""
+
+    documents: list[str] = option(
+        [BUNDLED_SAMPLE], "raw documents to curate: files or folders (WARC, JSONL, Parquet, "
+        "HTML, text); '@sample' is the bundled sample of real web pages. Relative paths are "
+        "taken from the experiment file's folder")
+    text: list[str] = option(
+        [BUNDLED_SHAKESPEARE], "plain-text files (.txt, .txt.gz) joined to the curated "
+        "documents for tokenization, cut into passages at blank lines; '@shakespeare' is the "
+        "bundled tiny Shakespeare")
+    passage_chars: int = option(
+        2000, "a plain-text file is cut into passages of about this many characters (at blank "
+        "lines), each a document that goes to train or val by a hash of its id", min=100)
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of the evaluate stage (the flags of `mlscale evaluate`)."""
+
+    split: str = option("val", "split of the token directory to score", choices=("train", "val"))
+    batch_size: int = option(16, "windows per forward pass", min=1)
+    max_tokens: int = option(0, "score only the first N tokens; 0 = all of the split", min=0)
+    device: str = option("cpu", "device to evaluate on", choices=("auto", "cpu", "cuda", "mps"))
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of the generate stage (the flags of `mlscale generate`)."""
+
+    prompts: list[str] = option(["ROMEO:", "The "], "prompts to continue, one sample set each")
+    max_new_tokens: int = option(200, "tokens to generate per sample", min=1)
+    temperature: float = option(0.8, "softmax temperature; 0 = greedy", min=0.0)
+    top_k: int = option(0, "sample among the k most likely tokens; 0 = no limit", min=0)
+    top_p: float = option(0.95, "nucleus sampling threshold; 1 = no limit", min=0.0, max=1.0)
+    seed: int = option(0, "random seed of the sampling")
+    num_samples: int = option(2, "samples per prompt", min=1)
+    device: str = option("cpu", "device to sample on", choices=("auto", "cpu", "cuda", "mps"))
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("generate.prompts: give at least one prompt (\"\" starts a document)")
+        if self.top_p <= 0:
+            raise ConfigError("generate.top_p must be above 0 (1 = no limit)")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything `mlscale run` is configured by."""
+
+    name: str = option("experiment", "the experiment's name, shown in the report")
+    out: str = option("out", "output directory (relative to the working directory); --out wins")
+    inputs: InputsConfig = option(default_factory=InputsConfig)
+    curate: CurateConfig = option(default_factory=CurateConfig)
+    tokenize: TokenizeConfig = option(default_factory=TokenizeConfig)
+    pretrain: PretrainConfig = option(default_factory=PretrainConfig)
+    evaluate: EvaluateConfig = option(default_factory=EvaluateConfig)
+    generate: GenerateConfig = option(default_factory=GenerateConfig)
+
+    def validate(self) -> None:
+        if not self.inputs.documents and not self.inputs.text:
+            raise ConfigError("inputs: give inputs.documents or inputs.text (or both)")
+
+
+def bundled_experiment() -> Path:
+    """The experiment file shipped in the package (`mlscale run` with no argument)."""
+    from importlib.resources import files
+
+    return Path(str(files("mlscale").joinpath("experiments").joinpath("default.toml")))
+
+
+def _resolve(entry: str, base: Path) -> list[Path]:
+    from mlscale.data import DATA_DIR, bundled_corpus
+
+    if entry == BUNDLED_SAMPLE:
+        return list(bundled_corpus())
+    if entry == BUNDLED_SHAKESPEARE:
+        return [DATA_DIR / "tinyshakespeare.txt.gz"]
+    path = Path(entry).expanduser()
+    return [path if path.is_absolute() else (base / path)]
+
+
+def resolve_inputs(cfg: ExperimentConfig, base: Path, source: str) -> tuple[list[Path], list[Path]]:
+    """The document and text paths, resolved against `base`; a missing one fails naming it."""
+    out: list[list[Path]] = []
+    for key, entries in (("documents", cfg.inputs.documents), ("text", cfg.inputs.text)):
+        paths: list[Path] = []
+        for entry in entries:
+            for p in _resolve(entry, base):
+                if not p.exists():
+                    raise ConfigError(f"{source}: [inputs] {key}: {entry!r} not found ({p})")
+                if key == "text" and not p.is_file():
+                    raise ConfigError(f"{source}: [inputs] text: {entry!r} is not a file")
+                paths.append(p.resolve())
+        out.append(paths)
+    return out[0], out[1]
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None
+                    ) -> tuple[ExperimentConfig, Path, str]:
+    """The experiment at `path` (the bundled one when None) with overrides applied.
+
+    Returns the config, the folder relative input paths are taken from, and the file's name
+    for messages. Unknown tables or keys, wrong types and missing inputs fail here, before
+    any stage starts, naming the file, table and key.
+    """
+    file = Path(path) if path is not None else bundled_experiment()
+    if not file.is_file():
+        raise ConfigError(f"experiment file not found: {file}")
+    cfg = load_config(ExperimentConfig, file, overrides)
+    return cfg, file.resolve().parent, str(file)

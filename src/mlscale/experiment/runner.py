@@ -1,0 +1,210 @@
+"""`run_experiment()`: curate, tokenize, pretrain, evaluate and generate, in order.
+
+Each stage writes DIR/<stage>/ through its own stage function (the same code as its own
+command), so each resumes inside itself after an interruption. The runner adds what
+lies between stages: which are up to date (plan.py), the record of what each finished
+with (DIR/run-state.json), and DIR/report.html at the end.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from mlscale.artifacts import StageDir, fingerprint_paths
+from mlscale.config import to_dict
+from mlscale.errors import ConfigError
+from mlscale.experiment.config import STAGES, ExperimentConfig, resolve_inputs
+from mlscale.experiment.plan import Decision, RunState, StageSpec, decide, output_fingerprint
+
+INPUTS_DIR = "inputs"
+REPORT = "report.html"
+
+
+class _Experiment:
+    """The experiment's stages: their configs, inputs and how to run each."""
+
+    def __init__(self, cfg: ExperimentConfig, out: Path, base: Path, source: str):
+        self.cfg, self.out = cfg, out
+        self.documents, self.texts = resolve_inputs(cfg, base, source)
+        self.stages = [s for s in STAGES if s != "curate" or self.documents]
+
+    # -- what each stage is keyed by ----------------------------------------------------
+    def config(self, stage: str) -> dict[str, Any]:
+        c = self.cfg
+        if stage == "curate":
+            return c.curate.identity()
+        if stage == "tokenize":
+            return {**c.tokenize.content_dict(), "passage_chars": c.inputs.passage_chars}
+        return to_dict(getattr(c, stage))
+
+    def inputs(self, stage: str, state: RunState) -> dict[str, Any] | None:
+        """Fingerprints of what the stage reads; None while an upstream output is unknown."""
+        if stage == "curate":
+            return {"documents": fingerprint_paths(self.documents)}
+        upstream = {"tokenize": "curate", "pretrain": "tokenize", "evaluate": "pretrain",
+                    "generate": "pretrain"}[stage]
+        found: dict[str, Any] = {}
+        if stage == "tokenize":
+            found["text"] = fingerprint_paths(self.texts)
+            if "curate" not in self.stages:
+                return found
+        fp = state.output(upstream)
+        if fp is None:
+            return None
+        found[upstream] = fp
+        return found
+
+    def spec(self, stage: str, state: RunState) -> StageSpec:
+        return StageSpec(stage, self.config(stage), self.inputs(stage, state))
+
+    # -- running ------------------------------------------------------------------------
+    def run_stage(self, stage: str, mode: str) -> None:
+        runner: Callable[[str], None] = getattr(self, f"_{stage}")
+        runner(mode)
+
+    def _curate(self, mode: str) -> None:
+        from mlscale.curate.pipeline import curate
+        from mlscale.curate.report import summary_lines
+
+        manifest = curate(self.documents, self.out / "curate", self.cfg.curate, force=mode == "restart")
+        print("\n".join(summary_lines(manifest, self.out / "curate")), flush=True)
+
+    def _tokenize(self, mode: str) -> None:
+        from mlscale.experiment.passages import write_passages
+        from mlscale.tokenize.stage import tokenize_corpus
+
+        inputs: list[Path] = [self.out / "curate"] if "curate" in self.stages else []
+        for i, text in enumerate(self.texts):
+            dest = self.out / INPUTS_DIR / f"{i:02d}-{text.name.removesuffix('.gz').removesuffix('.txt')}.jsonl.gz"
+            n = write_passages(text, dest, self.cfg.inputs.passage_chars)
+            print(f"{text.name}: {n:,} passages of ~{self.cfg.inputs.passage_chars:,} characters -> {dest}")
+            inputs.append(dest)
+        m = tokenize_corpus(inputs, self.out / "tokenize", self.cfg.tokenize, force=mode == "restart")
+        for name, s in m["splits"].items():
+            print(f"{name:>5}: {s['tokens']:,} tokens from {s['documents']:,} documents "
+                  f"({s['bytes']:,} bytes)", flush=True)
+
+    def _pretrain(self, mode: str) -> None:
+        from mlscale.train.loop import pretrain
+
+        summary = pretrain(self.cfg.pretrain, self.out / "tokenize", self.out / "pretrain",
+                           resume=mode in ("resume", "extend"), force=mode == "restart")
+        print(f"pretrain: {summary['steps']} steps, final val loss {summary['final_val_loss']}", flush=True)
+
+    def _evaluate(self, mode: str) -> None:
+        from mlscale.artifacts import atomic_write_json
+        from mlscale.evaluate.command import evaluate_run
+
+        e = self.cfg.evaluate
+        sd = StageDir.open(self.out / "evaluate", "evaluate", to_dict(e),
+                           {"pretrain": output_fingerprint(self.out / "pretrain") or ""},
+                           force=mode == "restart")
+        if sd.complete:
+            return
+        result = evaluate_run(self.out / "pretrain", self.out / "tokenize", split=e.split,
+                              batch_size=e.batch_size, max_tokens=e.max_tokens or None, device=e.device)
+        atomic_write_json(sd.path / "metrics.json", result)
+        sd.write_manifest({"metrics": result})
+        shown = {k: v for k, v in result.items() if isinstance(v, float)}
+        print("evaluate: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
+
+    def _generate(self, mode: str) -> None:
+        from mlscale.artifacts import atomic_write_json, atomic_write_text
+        from mlscale.evaluate.generate_command import generate_text
+
+        g = self.cfg.generate
+        sd = StageDir.open(self.out / "generate", "generate", to_dict(g),
+                           {"pretrain": output_fingerprint(self.out / "pretrain") or ""},
+                           force=mode == "restart")
+        if sd.complete:
+            return
+        for i, prompt in enumerate(g.prompts):
+            unit = f"prompt-{i:03d}"
+            if sd.unit_done(unit):
+                continue
+            texts = generate_text(self.out / "pretrain", prompt, max_new_tokens=g.max_new_tokens,
+                                  temperature=g.temperature, top_k=g.top_k or None,
+                                  top_p=g.top_p if g.top_p < 1 else None, seed=g.seed + i,
+                                  num_samples=g.num_samples, device=g.device)
+            sd.mark_done(unit, {"prompt": prompt, "samples": texts})
+            for t in texts:
+                print(f"--- {prompt!r}\n{t}", flush=True)
+        samples = [sd.unit_payload(f"prompt-{i:03d}") for i in range(len(g.prompts))]
+        atomic_write_json(sd.path / "samples.json", samples)
+        atomic_write_text(sd.path / "samples.txt", "\n\n".join(
+            f"=== {s['prompt']!r} ({k + 1}/{len(s['samples'])})\n{t}"
+            for s in samples for k, t in enumerate(s["samples"])) + "\n")
+        sd.write_manifest({"samples": samples})
+
+
+def _forced(exp: "_Experiment", stage: str, from_stage: str | None) -> Decision | None:
+    """The decision for a stage that --from forces (it, and every stage after it)."""
+    if from_stage is None or exp.stages.index(stage) < exp.stages.index(from_stage):
+        return None
+    return Decision(stage, "run", "restart", f"forced by --from {from_stage}")
+
+
+def plan_experiment(exp: "_Experiment", state: RunState, from_stage: str | None) -> list[Decision]:
+    """The decision for every stage, as far as can be known before anything runs."""
+    decisions: list[Decision] = []
+    upstream: str | None = None
+    for stage in exp.stages:
+        d = _forced(exp, stage, from_stage) or decide(exp.spec(stage, state), state, exp.out, upstream)
+        decisions.append(d)
+        if d.action == "run" and upstream is None:
+            upstream = stage
+    return decisions
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, from_stage: str | None = None,
+                   dry_run: bool = False, base: str | Path = ".", source: str = "experiment"
+                   ) -> dict[str, Any]:
+    """Run the stages of `cfg` that are not up to date into `out`; returns what happened.
+
+    `from_stage` forces that stage and those after it; `dry_run` only plans. `base` is the
+    folder relative input paths are taken from, `source` the experiment's name in messages.
+    """
+    out = Path(out)
+    exp = _Experiment(cfg, out, Path(base), source)
+    if from_stage is not None and from_stage not in exp.stages:
+        raise ConfigError(f"--from {from_stage}: not a stage of this experiment "
+                          f"(stages: {', '.join(exp.stages)})")
+    state = RunState(out)
+    decisions = plan_experiment(exp, state, from_stage)
+    print(f"mlscale run: {cfg.name} -> {out}", flush=True)
+    for d in decisions:
+        print("  " + d.line(), flush=True)
+    result: dict[str, Any] = {"out": str(out), "plan": [d.__dict__ for d in decisions], "ran": []}
+    if dry_run:
+        return result
+
+    out.mkdir(parents=True, exist_ok=True)
+    ran_any = False
+    for stage in exp.stages:
+        # decided again now that the stages before it have run: its inputs are known
+        spec = exp.spec(stage, state)
+        d = _forced(exp, stage, from_stage) or decide(spec, state, out, None)
+        if d.action == "skip":
+            continue
+        print(f"\n=== {stage}: {d.mode} ({d.reason})", flush=True)
+        t0 = time.time()
+        state.started(spec)
+        exp.run_stage(stage, d.mode)
+        fp = output_fingerprint(out / stage)
+        if fp is None:  # pragma: no cover - every stage function writes its manifest
+            raise RuntimeError(f"{stage} finished without writing {out / stage / 'manifest.json'}")
+        state.finished(spec, fp, time.time() - t0)
+        result["ran"].append(stage)
+        ran_any = True
+
+    report = out / REPORT
+    if ran_any or not report.exists():
+        from mlscale.report.run_report import write_run_report
+
+        write_run_report(out, cfg, exp.stages)
+        print(f"\nreport: {report}", flush=True)
+    else:
+        print(f"\nevery stage is up to date; report: {report}", flush=True)
+    result["report"] = str(report)
+    return result
