@@ -11,6 +11,8 @@ mlscale gets raw text; each peer gets the shingling a user would write for it (w
 5-grams of `text.lower().split()`), and its documented batch API (datasketch's
 `MinHash.bulk` + `MinHashLSH`, rensa's `RMinHash.from_token_sets` + `RMinHashLSH`).
 "+ verify" rows keep a peer's candidate pairs whose own estimated Jaccard >= 0.8.
+"rensa on mlscale's normal form" feeds rensa the ground truth's own shingles, to tell
+apart what the shingling costs a peer from what its sketch and LSH cost.
 
 Each tool runs in its own process pinned to one CPU (NUMBA_NUM_THREADS=1,
 RAYON_NUM_THREADS=1), so documents/s are single-core figures and peak memory (ru_maxrss)
@@ -37,12 +39,14 @@ import corpus as corpus_mod  # noqa: E402
 
 NUM_PERM, BANDS, ROWS, THRESHOLD, NGRAM = 112, 14, 8, 0.8, 5
 CACHE = Path(tempfile.gettempdir()) / "mlscale-bench-dedup"
-TOOLS = ["mlscale", "mlscale-noverify", "rensa", "datasketch"]
+TOOLS = ["mlscale", "mlscale-noverify", "rensa", "rensa-normal-form", "datasketch"]
 LABELS = {
     "mlscale": "mlscale near (verify on)",
     "mlscale-noverify": "mlscale near (verify off, FineWeb)",
     "rensa": "rensa RMinHash + RMinHashLSH",
     "rensa+verify": "rensa + verify",
+    "rensa-normal-form": "rensa on mlscale's normal form",
+    "rensa-normal-form+verify": "rensa on mlscale's normal form + verify",
     "datasketch": "datasketch MinHash + MinHashLSH",
     "datasketch+verify": "datasketch + verify",
 }
@@ -105,11 +109,16 @@ def run_mlscale(texts: list[str], verify: bool) -> dict[str, np.ndarray]:
     return {"pairs": result.pairs}
 
 
-def run_rensa(texts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def run_rensa(texts: list[str], normal_form: bool = False
+              ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """rensa's batch API; with `normal_form`, on the shingles the ground truth uses."""
     from rensa import RMinHash, RMinHashLSH
 
+    from mlscale.curate.dedup import normalize_text
+
     t0 = _clock()
-    sketches = RMinHash.from_token_sets([natural_shingles(t) for t in texts],
+    prepare = (lambda t: natural_shingles(normalize_text(t))) if normal_form else natural_shingles
+    sketches = RMinHash.from_token_sets([prepare(t) for t in texts],
                                         num_perm=NUM_PERM, seed=42)
     lsh = RMinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM, num_bands=BANDS)
     lsh.insert_many(sketches)
@@ -160,8 +169,8 @@ def worker(tool: str, corpus_path: Path, out: Path) -> None:
     warm = texts[:20]
     if tool.startswith("mlscale"):
         run_mlscale(warm, True)
-    elif tool == "rensa":
-        run_rensa(warm)
+    elif tool.startswith("rensa"):
+        run_rensa(warm, tool == "rensa-normal-form")
     else:
         run_datasketch(warm)
     base = _rss_mb()
@@ -170,8 +179,8 @@ def worker(tool: str, corpus_path: Path, out: Path) -> None:
         arrays, seconds = run_mlscale(texts, True), {}
     elif tool == "mlscale-noverify":
         arrays, seconds = run_mlscale(texts, False), {}
-    elif tool == "rensa":
-        arrays, seconds = run_rensa(texts)
+    elif tool.startswith("rensa"):
+        arrays, seconds = run_rensa(texts, tool == "rensa-normal-form")
     else:
         arrays, seconds = run_datasketch(texts)
     wall, cpu = _since(t0)

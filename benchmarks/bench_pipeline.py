@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -69,13 +70,17 @@ def build_input(n_docs: int, folder: Path) -> tuple[Path, int, int]:
 class Timer:
     """Seconds per named step, each step materialised before the next starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label
         self.steps: list[tuple[str, float, int]] = []
 
     def run(self, name: str, fn, *args):
         t = time.perf_counter()
         out = list(fn(*args))
         self.steps.append((name, time.perf_counter() - t, len(out)))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+        print(f"  {self.label:9s} {name:18s} {self.steps[-1][1]:7.2f} s  {len(out):5d} docs  "
+              f"peak RSS {rss} MB", file=sys.stderr, flush=True)
         return out
 
 
@@ -91,7 +96,7 @@ def run_mlscale(path: Path) -> dict:
     steps = [("extract", ExtractStep()), ("language", lang)] + [(s.name, s) for s in quality_steps()]
     startup = time.perf_counter() - t0
 
-    timer = Timer()
+    timer = Timer("mlscale")
     items = timer.run("read", read_file, path, ReadConfig())
     for name, step in steps:
         items = timer.run(name, lambda s, xs: (x for x in s.run(xs) if isinstance(x, Document)), step, items)
@@ -124,12 +129,13 @@ def run_datatrove(path: Path, timeout: float) -> dict:
              ("c4", C4QualityFilter(filter_no_terminal_punct=False)), ("fineweb", FineWebQualityFilter())]
     startup = time.perf_counter() - t0
 
-    timer = Timer()
+    timer = Timer("datatrove")
     items = timer.run("read", reader.run, None, 0, 1)
     for name, step in steps:
         items = timer.run(name, step.run, items, 0, 1)
     total = time.perf_counter() - t0
-    timeouts = int(extractor.stats["timeout"].total) if "timeout" in extractor.stats else 0
+    timeout_stat = extractor.stats.stats.get("timeout")  # Stats has no __contains__
+    timeouts = int(timeout_stat.total) if timeout_stat is not None else 0
     return {"startup": startup, "total": total, "steps": timer.steps,
             "kept": {str(d.id).strip("<>") for d in items}, "timeouts": timeouts}
 

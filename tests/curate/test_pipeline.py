@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 
 from mlscale.config import load_config
 from mlscale.curate.config import CurateConfig
-from mlscale.curate.dedup.clusters import choose_survivors, connected_components
+from mlscale.curate.dedup import near_duplicates
+from mlscale.curate.dedup.clusters import choose_survivors
 from mlscale.curate.dedup.exact import exact_keys, exact_labels
-from mlscale.curate.dedup.lsh import band_keys, bucket_pairs, estimated_jaccard
-from mlscale.curate.dedup.minhash import minhash_signatures
 from mlscale.curate.output import KEPT_SCHEMA, REMOVED_SCHEMA
 from mlscale.curate.pipeline import curate
 from mlscale.data import bundled_corpus
@@ -50,21 +49,6 @@ def test_dedup_removes_exactly_the_planted_duplicates(dedup_corpus, reference, o
     assert not (out / ".work").exists() and (out / "report.html").is_file()
 
 
-def _in_memory_near(texts: list[str], cfg: CurateConfig) -> dict[int, tuple[int, float]]:
-    """Near duplicates of `texts` (in document order) computed in memory: index -> survivor."""
-    near = cfg.near
-    bands, rows = near.band_rows()
-    sigs = minhash_signatures(texts, near)
-    keys = band_keys(sigs, bands, rows)
-    ids = np.arange(len(texts), dtype=np.int64)
-    pairs = np.unique(np.concatenate([bucket_pairs(keys[:, b], ids, near.max_bucket)
-                                      for b in range(bands)]), axis=0)
-    sim = estimated_jaccard(sigs[pairs[:, 0]], sigs[pairs[:, 1]])
-    pairs = pairs[sim >= near.threshold]
-    survivor, _cluster = choose_survivors(connected_components(len(texts), pairs), ids)
-    return {int(i): int(s) for i, s in enumerate(survivor) if s != i}
-
-
 def test_staged_dedup_equals_in_memory_dedup_whatever_the_partitioning(reference, tmp_path,
                                                                        outputs):
     folder = reference.folder
@@ -81,18 +65,18 @@ def test_staged_dedup_equals_in_memory_dedup_whatever_the_partitioning(reference
     assert sorted(kept_cut, key=key) == sorted(kept_whole, key=key)
     assert sorted(removed_cut, key=key) == sorted(removed_whole, key=key)
 
-    # the same definitions computed in memory, in input order
+    # the same definitions computed in one process (dedup's own driver), in input order
     records = [json.loads(line) for f in sorted(folder.glob("*.jsonl"))
                for line in f.read_text("utf-8").splitlines()]
     texts = [r["text"] for r in records]
     labels = exact_labels(exact_keys(texts))
     exact_survivor, _ = choose_survivors(labels, np.arange(len(texts)))
     alive = [i for i in range(len(texts)) if exact_survivor[i] == i]
-    near = _in_memory_near([texts[i] for i in alive], whole)
+    near = near_duplicates([texts[i] for i in alive], whole.near).duplicate_of
     expected = {records[i]["id"]: ("exact", records[exact_survivor[i]]["id"])
                 for i in range(len(texts)) if exact_survivor[i] != i}
     expected.update({records[alive[i]]["id"]: ("near", records[alive[s]]["id"])
-                     for i, s in near.items()})
+                     for i, s in enumerate(near.tolist()) if s >= 0})
     got = {r["id"]: (r["step"], r["duplicate_of"]) for r in removed_whole}
     assert got == expected
     assert {step for step, _ in expected.values()} == {"exact", "near"}

@@ -86,9 +86,10 @@ def test_sigkill_then_rerun_gives_exactly_the_uninterrupted_output(reference, tm
     # kill in the filter stage, in the dedup stages, and late in the run
     for after in (1, total_units // 2, total_units - 6):
         done = _run_and_kill(folder, out, reference.overrides, after)
-        assert done >= after or done == 0
+        assert done >= after
         assert not (out / "manifest.json").exists(), "the run finished before the kill"
-    before = {p.name: p.stat().st_mtime_ns for p in (out / ".done").iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in (out / ".done").iterdir()
+              if not p.name.startswith(".")}  # not the temp file of a marker cut short
     assert 0 < len(before) < total_units
     manifest = curate([folder], out, reference.config())
     assert outputs.files(out) == outputs.files(ref_out)

@@ -8,7 +8,7 @@ from mlscale.model.quant import (ABSMAX_BLOCK, DYNAMIC_CODE, NF4_BLOCK, NF4_LEVE
 
 
 def test_nf4_levels_are_the_normal_quantiles_of_qlora():
-    # bitsandbytes' table equals the derivation from N(0,1) quantiles (QLoRA appendix E)
+    # bitsandbytes' table equals the derivation from N(0,1) quantiles (QLoRA section 3)
     assert torch.allclose(normal_float_levels(), NF4_LEVELS, atol=1e-7)
     assert NF4_LEVELS.numel() == 16 and NF4_LEVELS[0] == -1 and NF4_LEVELS[-1] == 1
     assert (NF4_LEVELS == 0).sum() == 1  # zero is exact

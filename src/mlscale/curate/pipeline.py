@@ -96,25 +96,22 @@ def curate(inputs: Sequence[str | Path], out: str | Path, cfg: CurateConfig | No
                              "files hold no documents; nothing to curate")
         docs = tuple(int(p["documents"]) for p in filtered)
         ctx = Context(str(out), cfg, docs, key_partitions(sum(docs), cfg.shard.dedup_docs))
-        shards = range(len(units))
+        shards, parts = range(len(units)), range(ctx.parts)
+
+        def stage(kind: str, args: Any, desc: str) -> list[dict[str, Any]]:
+            return _run_stage(sd, executor, ctx, [Task(kind, a) for a in args], desc, timings)
+
         dedup: dict[str, list[dict[str, Any]]] = {}
         if "exact" in cfg.steps:
-            dedup["exact-keys"] = _run_stage(sd, executor, ctx, [Task("exact-keys", s) for s in shards],
-                                             "exact keys", timings)
-            dedup["exact-dups"] = _run_stage(sd, executor, ctx,
-                                             [Task("exact-dups", p) for p in range(ctx.parts)],
-                                             "exact groups", timings)
+            dedup["exact-keys"] = stage("exact-keys", shards, "exact keys")
+            dedup["exact-dups"] = stage("exact-dups", parts, "exact groups")
         if "near" in cfg.steps:
             bands, _rows = cfg.near.band_rows()
-            dedup["near-signatures"] = _run_stage(
-                sd, executor, ctx, [Task("near-signatures", s) for s in shards], "near signatures",
-                timings)
-            dedup["near-band"] = _run_stage(
-                sd, executor, ctx, [Task("near-band", (b, p)) for b in range(bands)
-                                    for p in range(ctx.parts)], "near buckets", timings)
-            dedup["near-clusters"] = _run_stage(sd, executor, ctx, [Task("near-clusters")],
-                                                "near clusters", timings)
-        final = _run_stage(sd, executor, ctx, [Task("final", s) for s in shards], "write", timings)
+            dedup["near-signatures"] = stage("near-signatures", shards, "near signatures")
+            dedup["near-band"] = stage("near-band", [(b, p) for b in range(bands) for p in parts],
+                                       "near buckets")
+            dedup["near-clusters"] = stage("near-clusters", [None], "near clusters")
+        final = stage("final", shards, "write")
 
     body = _manifest_body(ctx, units, filtered, dedup, final, timings)
     examples = merge_examples([p["examples"] for p in filtered] + [p["examples"] for p in final])

@@ -45,8 +45,11 @@ def _axes(height: float = FIG_SIZE[1]):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(FIG_SIZE[0], height), layout="constrained")
     ax.spines[["top", "right"]].set_visible(False)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of documents
     return fig, ax
 
 

@@ -123,7 +123,8 @@ def split_paragraphs(text: str) -> list[str]:
 
 
 def split_lines_nonempty(text: str) -> list[str]:
-    """Lines: the text split at runs of newlines (no empty lines between them)."""
+    """Lines: the text split at runs of newlines, so no empty line between two others
+    (a leading or trailing newline still gives one empty first or last element)."""
     return LINE_SPLIT_RE.split(text)
 
 

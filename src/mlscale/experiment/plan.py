@@ -84,9 +84,13 @@ def output_fingerprint(stage_dir: Path) -> str | None:
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str:
-    changes = diff(old, new)
+    """'train.lr changed (0.001 -> 0.002)', for up to `limit` keys."""
+    changes = []
+    for line in diff(old, new):
+        key, values = line.split(": ", 1)
+        changes.append(f"{key} ({values})")
     text = ", ".join(changes[:limit]) + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
-    return f"{'key' if len(changes) == 1 else 'keys'} {text} changed"
+    return f"changed: {text}"
 
 
 def _only_more_steps(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -105,8 +109,9 @@ def decide(spec: StageSpec, state: RunState, out: Path, upstream: str | None) ->
     current = {"config": spec.config, "inputs": spec.inputs}
     resumable = started == current and spec.inputs is not None
     if upstream is not None:
-        mode = "resume" if started and started.get("config") == spec.config and done != started else "restart"
-        return Decision(spec.name, "run", mode, f"its input changes: {upstream} runs first")
+        # its input is the output of a stage that runs first, so it will have changed
+        return Decision(spec.name, "run", "restart", "never ran" if rec == {} else
+                        f"its input changes: {upstream} runs first")
     if done is None:
         if resumable:
             return Decision(spec.name, "run", "resume", "was interrupted: resume inside it")

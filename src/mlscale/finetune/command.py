@@ -25,7 +25,7 @@ from mlscale.config import describe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mlscale.finetune.config import METHODS, OBJECTIVES, FinetuneConfig
+    from mlscale.finetune.config import FINETUNE_DEFAULTS, METHODS, OBJECTIVES, FinetuneConfig
 
     parser.add_argument("base", type=Path, metavar="BASE",
                         help="mlscale run directory or Hugging Face Llama directory")
@@ -35,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objective", choices=OBJECTIVES, help="sft | dpo (default sft)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
     parser.add_argument("--force", action="store_true", help="delete FT first and start over")
-    rows = describe(FinetuneConfig)
+    # fine-tuning's own defaults replace pretraining's in the table
+    own = {f"{section}.{key}": repr(value) for section, values in FINETUNE_DEFAULTS.items()
+           for key, value in values.items()}
+    rows = [(key, tp, own.get(key, default), help_) for key, tp, default, help_ in describe(FinetuneConfig)]
     width = max(len(r[0]) for r in rows)
     parser.epilog = "settings (--section.key=value; train.* as in pretrain):\n" + "\n".join(
         f"  {key:<{width}}  {default:<10} {help_.splitlines()[0] if help_ else ''}"

@@ -243,7 +243,7 @@ class TemplateRenderer:
 
     def response_ids(self, response: str) -> list[int]:
         """The learned part of a turn: the answer and the template after it (the end token)."""
-        return self._encode(response + self.after.replace(PROMPT, ""))
+        return self._encode(response + self.after)
 
     def render(self, example: Example) -> TokenizedExample:
         ids: list[int] = []

@@ -165,6 +165,14 @@ class KVCache:
 
 
 # ------------------------------------------------------------------------- attention
+def _plain(*linears: nn.Linear) -> bool:
+    """True when the projections are untouched nn.Linear layers, so their weights may be
+    concatenated into one matrix multiply. LoRA or quantised replacements, and modules
+    with hooks (tensor parallelism redistributes through hooks), take the module path."""
+    return all(type(m) is nn.Linear and type(m.weight) is nn.Parameter and m.bias is None
+               and not m._forward_hooks and not m._forward_pre_hooks for m in linears)
+
+
 class Attention(nn.Module):
     """Causal self-attention with grouped-query heads (kv_heads <= n_head)."""
 
@@ -181,9 +189,18 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
                 kv_cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
-        q = apply_rotary(self.q_proj(x).view(B, T, self.n_head, self.head_dim), cos, sin)
-        k = apply_rotary(self.k_proj(x).view(B, T, self.kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim)
+        H, KV, D = self.n_head, self.kv_heads, self.head_dim
+        if _plain(self.q_proj, self.k_proj, self.v_proj):
+            # one matmul for q, k and v (weights concatenated: a copy of a few KB, while
+            # the activations' passes halve), and one rotation for q and k together
+            w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+            qkv = F.linear(x, w).view(B, T, H + 2 * KV, D)
+            qk = apply_rotary(qkv[:, :, :H + KV], cos, sin)
+            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
+        else:
+            q = apply_rotary(self.q_proj(x).view(B, T, H, D), cos, sin)
+            k = apply_rotary(self.k_proj(x).view(B, T, KV, D), cos, sin)
+            v = self.v_proj(x).view(B, T, KV, D)
         # [B, heads, T, head_dim] views: SDPA takes strided inputs, no copies needed
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is not None:
@@ -192,9 +209,9 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
             # grouped-query heads are broadcast inside the kernel instead of copied
-            enable_gqa=self.kv_heads != self.n_head,
+            enable_gqa=KV != H,
         )
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
 
 
 # ------------------------------------------------------------------------------- MLP
@@ -208,7 +225,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if _plain(self.gate_proj, self.up_proj):  # one matmul for both (see Attention)
+            gate, up = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight))).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 # ----------------------------------------------------------------------------- block

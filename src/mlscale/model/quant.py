@@ -27,7 +27,7 @@ NF4_BLOCK = 64
 ABSMAX_BLOCK = 256
 
 # The 16 NF4 levels as bitsandbytes ships them (csrc/kernels.cu, `nf4_data`); QLoRA
-# appendix E derives them from normal quantiles, and `normal_float_levels()` recomputes
+# (section 3) derives them from normal quantiles, and `normal_float_levels()` recomputes
 # them so a test can check this table against the derivation.
 NF4_LEVELS = torch.tensor([
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,

@@ -259,7 +259,26 @@ def _environment_section(out: Path, stages: Sequence[str]) -> str:
         m = _read(out / s / "manifest.json")
         if m:
             env.update(m.get("environment", {}))
+    pretrain = _read(out / "pretrain" / "manifest.json")
+    if pretrain:
+        env["training device"] = pretrain["summary"].get("device", "")
     return table(["", "value"], [[k, str(v)] for k, v in env.items()])
+
+
+def _config_section(config: dict[str, Any]) -> str:
+    """The settings that differ from the defaults first, then the whole config."""
+    from mlscale.config import diff
+    from mlscale.experiment.config import ExperimentConfig
+
+    rows = []
+    for line in diff(to_dict(ExperimentConfig()), config):
+        key, values = line.split(": ", 1)
+        rows.append([key, values.split(" -> ", 1)[1], values.split(" -> ", 1)[0]])
+    changed = (table(["setting", "value", "default"], rows) if rows
+               else "<p>Every setting has its default value.</p>")
+    return ("<h3>Settings that differ from the defaults</h3>" + changed
+            + "<h3>Every setting</h3>" + '<pre class="config">' + escape(json.dumps(config, indent=2))
+            + "</pre>")
 
 
 def build_run_report(out: str | Path, cfg: Any, stages: Sequence[str]) -> str:
@@ -284,7 +303,7 @@ def build_run_report(out: str | Path, cfg: Any, stages: Sequence[str]) -> str:
                         ("Samples", _samples_section(out, config))):
         if body is not None:
             page.section(title, body)
-    page.section("Configuration", '<pre class="config">' + escape(json.dumps(config, indent=2)) + "</pre>")
+    page.section("Configuration", _config_section(config))
     page.section("Environment", _environment_section(out, stages))
     html = page.render()
     return html.replace("</head>", _EXTRA_STYLE + "</head>", 1).replace("</body>", _IMAGE_CHECK + "</body>", 1)

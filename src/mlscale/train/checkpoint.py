@@ -90,9 +90,42 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ weights
 def save_weights(model: nn.Module, path: Path) -> None:
     """Model weights as safetensors; a tied output matrix is stored once."""
-    from safetensors.torch import save_model
+    save_state(full_state(model, None)[0], model, path)
 
-    save_model(unwrap_model(model), str(path), metadata={"format": "pt"})
+
+def _aliases(model: nn.Module) -> set[str]:
+    """Names under which a parameter appears a second time (a tied output matrix)."""
+    model = unwrap_model(model)
+    every = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {n for n, _ in model.named_parameters()}
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The whole (unsharded) model and optimizer state on CPU, keyed by parameter name.
+
+    Works alike for one process, DDP, FSDP2 and tensor-parallel DTensors (through
+    torch.distributed.checkpoint's state-dict API), so a checkpoint written by any number
+    of ranks is one self-contained file set that resumes on any other number. Under
+    several ranks this is collective: every rank must call it.
+    """
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    inner = unwrap_model(model)
+    msd = get_model_state_dict(inner, options=opts)
+    osd = get_optimizer_state_dict(inner, optimizer, options=opts) if optimizer is not None else None
+    return msd, osd
+
+
+def save_state(model_state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Write a full model state as safetensors, leaving out tied aliases."""
+    from safetensors.torch import save_file
+
+    skip = _aliases(model)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items() if k not in skip},
+              str(path), metadata={"format": "pt"})
 
 
 def load_weights(model: nn.Module, path: Path, device: torch.device | str = "cpu") -> None:
@@ -110,17 +143,25 @@ def load_weights(model: nn.Module, path: Path, device: torch.device | str = "cpu
     if bad or unknown:
         detail = "; ".join(bad[:3] + [f"unexpected tensor {k}" for k in unknown[:3]])
         raise ArtifactError(f"{path} holds a model of another shape ({detail})")
-    missing, _ = load_model(model, str(path), strict=False, device=str(device))
-    # save_model drops the alias of a tied tensor; it comes back through the tie itself
-    tied = {k for k in missing if _is_tied_alias(model, k)}
-    if set(missing) - tied:
-        raise ArtifactError(f"{path} lacks tensors {sorted(set(missing) - tied)[:3]}")
+    missing = sorted(set(expected) - set(found) - _aliases(model))
+    if missing:
+        raise ArtifactError(f"{path} lacks tensors {missing[:3]}")
+    if _is_distributed(model):
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        # every rank reads the full file and keeps its shard
+        set_model_state_dict(model, load_file(str(path)),
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        # the alias of a tied tensor is not stored; it comes back through the tie itself
+        load_model(model, str(path), strict=False, device=str(device))
 
 
-def _is_tied_alias(model: nn.Module, key: str) -> bool:
-    sd = model.state_dict()
-    ptr = sd[key].data_ptr()
-    return any(k != key and v.data_ptr() == ptr for k, v in sd.items())
+def _is_distributed(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 # -------------------------------------------------------------------------- checkpoints
@@ -143,8 +184,14 @@ def checkpoint_step(path: Path) -> int:
 
 
 def write_checkpoint_dir(target: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                         state: dict[str, Any], config: dict[str, Any]) -> Path:
-    """Write one checkpoint to `target` atomically: fill a hidden temp dir, then rename it."""
+                         state: dict[str, Any], config: dict[str, Any],
+                         gathered: tuple[dict, dict | None] | None = None) -> Path:
+    """Write one checkpoint to `target` atomically: fill a hidden temp dir, then rename it.
+
+    `gathered`: the `full_state(model, optimizer)` already collected on every rank (needed
+    under several ranks, where only rank 0 writes); gathered here when not given.
+    """
+    model_state, optim_state = gathered if gathered is not None else full_state(model, optimizer)
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
@@ -152,9 +199,9 @@ def write_checkpoint_dir(target: Path, model: nn.Module, optimizer: torch.optim.
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_weights(model, tmp / MODEL_FILE)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        save_state(model_state, model, tmp / MODEL_FILE)
+        if optim_state is not None:
+            torch.save(optim_state, tmp / OPTIMIZER_FILE)
         atomic_write_json(tmp / CONFIG, config)
         atomic_write_json(tmp / STATE_FILE, state)  # last: its presence marks completeness
         for f in tmp.iterdir():
@@ -174,10 +221,11 @@ def write_checkpoint_dir(target: Path, model: nn.Module, optimizer: torch.optim.
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], config: dict[str, Any], keep: int) -> Path:
+                    state: dict[str, Any], config: dict[str, Any], keep: int,
+                    gathered: tuple[dict, dict | None] | None = None) -> Path:
     """Checkpoint `step` under RUN/checkpoints and prune all but the newest `keep`."""
     path = write_checkpoint_dir(Path(run_dir) / CHECKPOINTS / checkpoint_name(step),
-                                model, optimizer, {"step": step, **state}, config)
+                                model, optimizer, {"step": step, **state}, config, gathered)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -208,7 +256,15 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         opt_path = ckpt / OPTIMIZER_FILE
         if not opt_path.exists():
             raise ArtifactError(f"{ckpt} has no optimizer state ({OPTIMIZER_FILE}); it cannot be resumed")
-        optimizer.load_state_dict(torch.load(opt_path, map_location=device, weights_only=True))
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        # keyed by parameter name (see full_state), so any sharding can load it
+        set_optimizer_state_dict(unwrap_model(model), optimizer,
+                                 torch.load(opt_path, map_location="cpu", weights_only=True),
+                                 options=StateDictOptions(full_state_dict=True))
+        for group in optimizer.param_groups:  # the state-dict API hands betas back as a list
+            if isinstance(group.get("betas"), list):
+                group["betas"] = tuple(group["betas"])
     return read_json(ckpt / STATE_FILE)
 
 

@@ -16,12 +16,14 @@ The run directory (--out):
 
 RUN/ holds config.json, tokenizer.json, metrics.jsonl (one JSON object per step and per
 evaluation), checkpoints/step-XXXXXXXX/ (safetensors weights, optimizer, RNG and data
-state) and manifest.json when done.
+state) and manifest.json when done. A NaN or infinite loss or gradient norm stops the run
+before the update and keeps that step's state in RUN/nonfinite-step-XXXXXXXX/.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from mlscale.config import describe
@@ -40,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in RUN from its latest checkpoint")
     parser.add_argument("--force", action="store_true",
                         help="delete RUN first and start over")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train on N processes of this machine: starts torchrun for you "
+                        "(same as `torchrun --nproc_per_node=N -m mlscale pretrain ...`); "
+                        "choose DDP/FSDP/TP with --parallel.strategy and --parallel.tp")
     rows = describe(PretrainConfig)
     width = max(len(r[0]) for r in rows)
     parser.epilog = "settings (--section.key=value):\n" + "\n".join(
@@ -54,8 +60,31 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: --force deletes the run")
+    if args.nproc > 1:
+        return _launch_torchrun(args, overrides)
     base = load_preset(args.preset) if args.preset else None
     cfg = load_config(PretrainConfig, args.config, overrides, base=base)
-    summary = pretrain(cfg, args.data, args.out, resume=args.resume, force=args.force)
-    print(json.dumps(summary, indent=2))
+    from mlscale.train.parallel import destroy_distributed, launched_by_torchrun
+
+    try:
+        summary = pretrain(cfg, args.data, args.out, resume=args.resume, force=args.force)
+    finally:
+        destroy_distributed()
+    if not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
     return 0
+
+
+def _launch_torchrun(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Re-run this very command under torchrun with N local processes."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={args.nproc}", "-m", "mlscale", "pretrain",
+           "--data", str(args.data), "--out", str(args.out)]
+    for flag, value in (("--config", args.config), ("--preset", args.preset)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    cmd += ["--resume"] * args.resume + ["--force"] * args.force + list(overrides)
+    return subprocess.call(cmd)

@@ -8,6 +8,7 @@ from mlscale.errors import ConfigError
 from mlscale.model.config import ModelConfig
 
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -41,6 +42,10 @@ class TrainConfig:
     dtype: str = option("auto", "auto = fp32 on CPU, bf16 autocast on a GPU that supports it",
                         choices=("auto", "fp32", "bf16"))
     compile: bool = option(False, "torch.compile the model (worth it on GPUs)")
+    activation_checkpointing: str = option(
+        "none", "recompute activations in backward to save memory, per block: full (the whole "
+        "block) or selective (keep matmul/attention outputs, recompute the cheap ops)",
+        choices=("none", "full", "selective"))
     log_every: int = option(1, "print one line every N steps (metrics.jsonl gets every step)",
                             min=1)
 
@@ -53,11 +58,24 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    strategy: str = option("ddp", "data parallelism over the ranks: ddp (replicated model, "
+                           "all-reduced gradients) or fsdp (FSDP2 / ZeRO-3 sharding of "
+                           "parameters, gradients and optimizer state)", choices=STRATEGIES)
+    tp: int = option(1, "tensor-parallel degree (Megatron column/row splits of attention and "
+                     "MLP); ranks = dp x tp", min=1)
+    backend: str = option("auto", "process-group backend: auto = nccl on CUDA, gloo on CPU",
+                          choices=("auto", "gloo", "nccl"))
+
+
+@dataclass
 class PretrainConfig:
     """Everything `mlscale pretrain` is configured by; saved as RUN/config.json."""
 
     model: ModelConfig = option(default_factory=ModelConfig, help="model shape")
     train: TrainConfig = option(default_factory=TrainConfig, help="optimisation")
+    parallel: ParallelConfig = option(default_factory=ParallelConfig,
+                                      help="data / tensor parallelism across torchrun ranks")
 
     def validate(self) -> None:
         self.model.validate()

@@ -1,9 +1,10 @@
 """The pretraining loop: token shards in, a trained model and its checkpoints out.
 
-Each piece is a small function so that train/parallel.py can wrap it without copying the
-loop: `build_model` (init from the seed), `wrap_model` (compile; DDP/FSDP later),
-`draw_batch` (this rank's share of the global batch of an (seed, step) generator),
-`forward_loss`, `reduce_mean` (across ranks), `save_checkpoint` (rank 0 writes).
+Each piece is a small function: `build_model` (init from the seed), `wrap_model`
+(tensor parallel, activation checkpointing, compile, DDP/FSDP from train/parallel.py),
+`draw_batch` (this data-parallel rank's share of the global batch of an (seed, step)
+generator), `forward_loss`, `reduce_mean` (across ranks), `save_checkpoint` (the full state
+gathered on every rank, written by rank 0).
 
 One optimizer step = `grad_accum` micro-batches; step k of the logs and checkpoints means
 "after k optimizer updates". Batches depend only on (seed, step), so a resumed run sees
@@ -11,11 +12,12 @@ exactly the batches it would have seen and, on CPU, reproduces the same losses b
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +30,26 @@ from mlscale.config import to_dict
 from mlscale.errors import ArtifactError, ConfigError, InputError, MlscaleError
 from mlscale.model.config import ModelConfig
 from mlscale.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, TOKENIZER, check_compatible,
-                                      checkpoint_name, latest_checkpoint, load_checkpoint,
-                                      rng_state, save_checkpoint, set_rng_state,
+                                      checkpoint_name, full_state, latest_checkpoint,
+                                      load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       write_checkpoint_dir)
 from mlscale.train.config import PretrainConfig, TrainConfig
 from mlscale.train.device import (autocast, device_name, peak_flops, resolve_device,
                                   resolve_dtype)
 from mlscale.train.metrics import MetricsLog, step_line
 from mlscale.train.optimizer import build_optimizer
+from mlscale.train.config import ParallelConfig
+from mlscale.train.parallel import DistEnv
 from mlscale.train.schedule import lr_at
 
 # Keys that may change when a run is resumed: they steer bookkeeping, the hardware or the
-# length of the run, not what has been learnt so far. Everything else must match.
+# length of the run, not what has been learnt so far. Everything else must match. The
+# per-rank batch size may change with the number of ranks as long as the global batch
+# (batch_size x data-parallel ranks) stays the same (checked on resume).
 RESUMABLE_KEYS = ("train.max_steps", "train.eval_every", "train.eval_batches",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                  "train.compile", "train.device")
+                  "train.compile", "train.device", "train.activation_checkpointing",
+                  "train.batch_size", "parallel.strategy", "parallel.tp", "parallel.backend")
 EVAL_SEED_OFFSET = 1_000_003  # validation windows come from a generator apart from training's
 
 
@@ -56,23 +63,34 @@ class Runtime:
 
     device: torch.device
     dtype: torch.dtype
-    rank: int = 0
-    world_size: int = 1
+    env: DistEnv = field(default_factory=DistEnv)
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.env.is_main
 
 
-def setup_runtime(cfg: TrainConfig) -> Runtime:
-    """A single-process runtime; train/parallel.py builds the multi-rank one."""
+def setup_runtime(cfg: TrainConfig, parallel: ParallelConfig | None = None) -> Runtime:
+    """The device and dtype; under torchrun, also the process group and device mesh."""
+    from mlscale.train.parallel import init_distributed, rank_device
+
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    env = init_distributed(parallel or ParallelConfig(), device)
+    device = rank_device(device, env)
     if device.type == "cuda":
         # TF32 matmuls: what every GPU trainer uses for the fp32 parts
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device=device, dtype=dtype)
+    return Runtime(device=device, dtype=dtype, env=env)
 
 
 # ---------------------------------------------------------------------------- the data
@@ -97,9 +115,10 @@ def draw_batch(data: Any, cfg: PretrainConfig, index: int, runtime: Runtime,
     """Micro-batch number `index` of the run: this rank's share of a global random batch."""
     from mlscale.tokenize.batches import sample_batch
 
+    # tensor-parallel ranks of one data-parallel group share the same batch
     x, y = sample_batch(data, cfg.train.batch_size, cfg.model.seq_len,
                         cfg.train.seed if seed is None else seed, index,
-                        runtime.rank, runtime.world_size)
+                        runtime.env.dp_rank, runtime.env.dp_size)
     if runtime.device.type == "cuda":
         return (x.pin_memory().to(runtime.device, non_blocking=True),
                 y.pin_memory().to(runtime.device, non_blocking=True))
@@ -142,10 +161,14 @@ def build_model(model_cfg: ModelConfig, runtime: Runtime, seed: int) -> nn.Modul
 
 
 def wrap_model(model: nn.Module, cfg: PretrainConfig, runtime: Runtime) -> nn.Module:
-    """What the loop calls: the model, compiled if asked (parallel wrappers go here too)."""
-    if cfg.train.compile:
-        return torch.compile(model)  # type: ignore[return-value]
-    return model
+    """What the loop calls: tensor parallel -> activation checkpointing -> compile ->
+    DDP/FSDP, applied from outside the model (see train/parallel.py for the order)."""
+    from mlscale.train.parallel import parallelize
+
+    param_dtype = runtime.dtype if runtime.dtype != torch.float32 else None
+    return parallelize(model, cfg.parallel, runtime.env,
+                       checkpointing=cfg.train.activation_checkpointing,
+                       compile=cfg.train.compile, param_dtype=param_dtype)
 
 
 def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -157,10 +180,9 @@ def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runtime: Ru
 
 def reduce_mean(t: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     """The mean of `t` over ranks (a no-op on one process)."""
-    if runtime.world_size > 1 and torch.distributed.is_initialized():
-        t = t.clone()
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.AVG)
-    return t
+    from mlscale.train.parallel import mean_over_dp
+
+    return mean_over_dp(t, runtime.env)
 
 
 # -------------------------------------------------------------------------- one step
@@ -174,14 +196,6 @@ class StepResult:
         return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
 
 
-def _total_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
-    if get_total_norm is not None:
-        return get_total_norm(grads, 2.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
 def compute_gradients(model: nn.Module, data: Any, cfg: PretrainConfig, step: int,
                       runtime: Runtime, batches: BatchPrefetcher | None = None) -> StepResult:
     """Forward and backward over the `grad_accum` micro-batches of `step`; no update yet.
@@ -189,18 +203,20 @@ def compute_gradients(model: nn.Module, data: Any, cfg: PretrainConfig, step: in
     The gradient norm is measured before clipping (and before any update), so that a
     non-finite value can stop the run with the weights still as they were.
     """
+    from mlscale.train.parallel import grad_norm, no_sync
+
     accum = cfg.train.grad_accum
     batches = batches or BatchPrefetcher(data, cfg, runtime)
     total = torch.zeros((), device=runtime.device)
     for micro in range(accum):
         index = step * accum + micro
         x, y = batches.get(index)
-        loss = forward_loss(model, x, y, runtime)
-        (loss / accum).backward()
+        with no_sync(model, last_micro_step=micro == accum - 1):  # all-reduce once per step
+            loss = forward_loss(model, x, y, runtime)
+            (loss / accum).backward()
         batches.prefetch(index + 1)  # while the device runs this backward
         total += loss.detach().float()
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = _total_norm(params)
+    norm = grad_norm(model.parameters())
     mean_loss = reduce_mean(total / accum, runtime)
     both = torch.stack([mean_loss, norm.float().to(mean_loss.device)]).cpu()  # one sync
     return StepResult(loss=float(both[0]), grad_norm=float(both[1]))
@@ -254,19 +270,46 @@ def _fill_vocab(cfg: PretrainConfig, vocab_size: int) -> PretrainConfig:
 
 
 def _save_nonfinite(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    result: StepResult, state: dict[str, Any], config: dict[str, Any]) -> Path:
+                    result: StepResult, state: dict[str, Any], config: dict[str, Any],
+                    runtime: Runtime) -> Path:
     """Keep what went wrong for inspection: weights and optimizer before the update, the
-    gradients that were not applied, and which batch it was."""
+    gradients that were not applied, and which batch it was (gathered on every rank,
+    written by rank 0)."""
     from safetensors.torch import save_file
+    from torch.distributed.tensor import DTensor
 
     target = out_dir / f"nonfinite-{checkpoint_name(step)}"
-    write_checkpoint_dir(target, model, optimizer,
-                         {"step": step, "loss": result.loss, "grad_norm": result.grad_norm, **state},
-                         config)
-    grads = {name: p.grad.detach().float().cpu().contiguous()
+    gathered = full_state(model, optimizer)
+    grads = {name: (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).detach().float().cpu()
              for name, p in model.named_parameters() if p.grad is not None}
-    save_file(grads, str(target / "gradients.safetensors"))
+    if runtime.is_main:
+        write_checkpoint_dir(target, model, optimizer,
+                             {"step": step, "loss": result.loss, "grad_norm": result.grad_norm, **state},
+                             config, gathered)
+        save_file({k: v.contiguous() for k, v in grads.items()}, str(target / "gradients.safetensors"))
     return target
+
+
+def _check_global_batch(state: dict[str, Any], cfg: PretrainConfig, runtime: Runtime) -> None:
+    """A resumed run must draw the same global batches, whatever its number of ranks."""
+    saved = state.get("data", {}).get("global_batch")
+    now = cfg.train.batch_size * runtime.env.dp_size
+    if saved is not None and saved != now:
+        per_rank = saved / runtime.env.dp_size
+        hint = (f"use --train.batch_size={int(per_rank)}" if per_rank.is_integer()
+                else f"use a number of data-parallel ranks that divides {saved}")
+        raise ConfigError(f"the run was trained with a global batch of {saved} sequences "
+                          f"(train.batch_size x data-parallel ranks), this launch gives {now}; {hint}")
+
+
+def _num_params(model: nn.Module, cfg: PretrainConfig) -> int:
+    """Parameters of the whole model, also when FSDP or tensor parallelism sharded them."""
+    from mlscale.model.llama import Llama
+
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        with torch.device("meta"):  # count the shapes without allocating
+            return Llama(cfg.model).num_params()
+    return model.num_params()
 
 
 def pretrain(cfg: PretrainConfig, data_dir: Path, out_dir: Path, resume: bool = False,
@@ -280,7 +323,7 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, out_dir: Path, resume: bool = 
     """
     from mlscale.tokenize.tokenizer import load_tokenizer
 
-    runtime = runtime or setup_runtime(cfg.train)
+    runtime = runtime or setup_runtime(cfg.train, cfg.parallel)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     data = open_token_data(data_dir)
     tok_path = data_dir / TOKENIZER
@@ -296,9 +339,16 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, out_dir: Path, resume: bool = 
     config = to_dict(cfg)
     inputs = {"tokenizer": tok_fp, "tokens": fingerprint_file(data_dir / "manifest.json")}
 
-    if force and out_dir.exists():
+    from mlscale.train.parallel import barrier
+
+    if force and out_dir.exists() and runtime.is_main:
         shutil.rmtree(out_dir)
+    barrier(runtime.env)
     existing = (out_dir / "stage.json").exists()
+    barrier(runtime.env)  # every rank has looked before rank 0 creates it
+    if runtime.is_main:
+        StageDir.open(out_dir, "pretrain", identity_config(config), inputs)
+    barrier(runtime.env)
     stage = StageDir.open(out_dir, "pretrain", identity_config(config), inputs)
     if stage.complete:
         manifest = stage.manifest()
@@ -313,16 +363,22 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, out_dir: Path, resume: bool = 
                             "continue it, --force to delete it and start over, or choose another --out")
 
     model = build_model(cfg.model, runtime, cfg.train.seed)
+    # parallelism shards or wraps the parameters, so the optimizer is built after it
+    train_model = wrap_model(model, cfg, runtime)
     optimizer = build_optimizer(model, cfg.train)
     start_step, tokens_seen, elapsed_before = 0, 0, 0.0
+    last_losses: tuple[float | None, float | None] = (None, None)
     ckpt = latest_checkpoint(out_dir) if resume else None
     if ckpt is not None:
         check_compatible(ckpt, config, tok_fp)
+        state = read_json(ckpt / "state.json")
+        _check_global_batch(state, cfg, runtime)
         state = load_checkpoint(ckpt, model, optimizer, device=runtime.device)
         set_rng_state(state["rng"])
         start_step = int(state["step"])
         tokens_seen = int(state["tokens_seen"])
         elapsed_before = float(state.get("elapsed_s", 0.0))
+        last_losses = (state.get("train_loss"), state.get("val_loss"))
         if runtime.is_main:
             print(f"resuming {out_dir} from {ckpt.name}")
     elif resume and runtime.is_main:
@@ -330,24 +386,26 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, out_dir: Path, resume: bool = 
     if runtime.is_main:
         atomic_write_json(out_dir / CONFIG, config)
         atomic_write_bytes(out_dir / TOKENIZER, tok_path.read_bytes())
-    train_model = wrap_model(model, cfg, runtime)
     train_model.train()
     if not has_val and runtime.is_main:
         print(f"note: the val split of {data_dir} has fewer than {need} tokens; no validation loss")
     return _train(cfg, config, train_model, model, optimizer, train_tokens,
                   val_tokens if has_val else None, out_dir, stage, runtime,
-                  start_step, tokens_seen, elapsed_before, tok_fp, data_dir)
+                  start_step, tokens_seen, elapsed_before, tok_fp, data_dir, last_losses)
 
 
 def _train(cfg: PretrainConfig, config: dict[str, Any], train_model: nn.Module, model: nn.Module,
            optimizer: torch.optim.Optimizer, train_tokens: Any, val_tokens: Any,
            out_dir: Path, stage: StageDir, runtime: Runtime, start_step: int, tokens_seen: int,
-           elapsed_before: float, tok_fp: str, data_dir: Path) -> dict[str, Any]:
+           elapsed_before: float, tok_fp: str, data_dir: Path,
+           last_losses: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
     t = cfg.train
-    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * runtime.world_size
+    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * runtime.env.dp_size
     flops_per_token = float(model.flops_per_token(cfg.model.seq_len))
     peak = peak_flops(runtime.device, runtime.dtype)
-    n_params = model.num_params()
+    if peak:
+        peak *= runtime.world_size  # MFU of the whole job: every rank's device counts
+    n_params = _num_params(model, cfg)
     if runtime.is_main:
         print(f"model: {n_params / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M "
               f"non-embedding), {flops_per_token / 1e6:.1f} MFLOPs/token; training on "
@@ -361,7 +419,8 @@ def _train(cfg: PretrainConfig, config: dict[str, Any], train_model: nn.Module, 
             "schedule": {"name": t.schedule, "max_steps": t.max_steps, "warmup_steps": t.warmup_steps,
                          "lr": t.lr, "min_lr": t.min_lr, "decay_fraction": t.decay_fraction},
             "data": {"dir": str(data_dir.resolve()), "seed": t.seed, "next_batch": step * t.grad_accum,
-                     "world_size": runtime.world_size},
+                     "world_size": runtime.world_size, "dp_size": runtime.env.dp_size,
+                     "global_batch": t.batch_size * runtime.env.dp_size},
             "rng": rng_state(),
             "tokenizer_fingerprint": tok_fp,
             "train_loss": train_loss,
@@ -369,11 +428,13 @@ def _train(cfg: PretrainConfig, config: dict[str, Any], train_model: nn.Module, 
             "elapsed_s": elapsed_before + (time.perf_counter() - started),
         }
 
-    train_loss = val_loss = None
+    train_loss, val_loss = last_losses  # what the resumed checkpoint had reached
     batches = BatchPrefetcher(train_tokens, cfg, runtime)
     step_seconds: list[float] = []
     started = time.perf_counter()
-    with MetricsLog(out_dir / METRICS, resume_step=start_step if start_step else None) as metrics:
+    metrics_log = (MetricsLog(out_dir / METRICS, resume_step=start_step if start_step else None)
+                   if runtime.is_main else contextlib.nullcontext())  # only rank 0 writes
+    with metrics_log as metrics:
         for step in range(start_step, t.max_steps):
             done = step + 1
             t0 = time.perf_counter()
@@ -381,8 +442,7 @@ def _train(cfg: PretrainConfig, config: dict[str, Any], train_model: nn.Module, 
             result = compute_gradients(train_model, train_tokens, cfg, step, runtime, batches)
             if not result.finite:
                 where = _save_nonfinite(out_dir, done, model, optimizer, result,
-                                        state_at(step, result.loss, val_loss), config) \
-                    if runtime.is_main else out_dir
+                                        state_at(step, result.loss, val_loss), config, runtime)
                 raise TrainingDiverged(
                     f"step {done}: non-finite {'loss' if not math.isfinite(result.loss) else 'gradient norm'} "
                     f"(loss {result.loss}, gradient norm {result.grad_norm}) at lr {lr:.3g}; "
@@ -414,9 +474,11 @@ def _train(cfg: PretrainConfig, config: dict[str, Any], train_model: nn.Module, 
                 if runtime.is_main:
                     metrics.write({"step": done, "val_loss": val_loss})
                     print(f"step {done}: val loss {val_loss:.4f}", flush=True)
-            if runtime.is_main and ((t.checkpoint_every and done % t.checkpoint_every == 0) or last):
-                save_checkpoint(out_dir, done, model, optimizer, state_at(done, train_loss, val_loss),
-                                config, t.keep_checkpoints)
+            if (t.checkpoint_every and done % t.checkpoint_every == 0) or last:
+                gathered = full_state(model, optimizer)  # collective: every rank takes part
+                if runtime.is_main:
+                    save_checkpoint(out_dir, done, model, optimizer, state_at(done, train_loss, val_loss),
+                                    config, t.keep_checkpoints, gathered)
     seconds = time.perf_counter() - started
     trained = t.max_steps - start_step
     summary = {

@@ -29,22 +29,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mlscale.config import option
 from mlscale.errors import ConfigError
+from mlscale.train.config import ParallelConfig
 
-STRATEGIES = ("ddp", "fsdp")
 CHECKPOINTING = ("none", "full", "selective")
-
-
-@dataclass
-class ParallelConfig:
-    strategy: str = option("ddp", "data parallelism over the ranks: ddp (replicated model, "
-                           "all-reduced gradients) or fsdp (FSDP2 / ZeRO-3 sharding of "
-                           "parameters, gradients and optimizer state)", choices=STRATEGIES)
-    tp: int = option(1, "tensor-parallel degree (Megatron column/row splits of attention and "
-                     "MLP); ranks = dp x tp", min=1)
-    backend: str = option("auto", "process-group backend: auto = nccl on CUDA, gloo on CPU",
-                          choices=("auto", "gloo", "nccl"))
 
 
 # ------------------------------------------------------------------------ process groups
@@ -256,30 +244,32 @@ def no_sync(module: nn.Module, last_micro_step: bool):
     return contextlib.nullcontext()
 
 
-def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> Tensor:
-    """Global gradient norm (clipped to max_norm when > 0), for plain, DTensor or mixed params.
+def grad_norm(params: Iterable[nn.Parameter]) -> Tensor:
+    """The global L2 norm of the gradients, as on a single device, for plain, DTensor
+    (FSDP) or mixed (tensor parallel alone) parameters.
 
-    Sharded gradients contribute their local squares summed over their shards; replicated
-    ones are counted once, so the norm is that of the single-device model.
+    Sharded gradients contribute the squares of all their shards; replicated ones count
+    once. Collective under several ranks.
     """
     from torch.distributed.tensor import DTensor
 
-    params = [p for p in params if p.grad is not None]
-    grads = [p.grad for p in params]
-    n_dtensor = sum(isinstance(g, DTensor) for g in grads)
-    if n_dtensor in (0, len(grads)):  # all plain (single device, DDP) or all DTensor (FSDP)
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        return norm.full_tensor() if isinstance(norm, DTensor) else norm
-    # mixed (tensor parallel alone): torch cannot stack DTensor and plain norms
-    total_sq = None
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(isinstance(g, DTensor) for g in grads):
+        return torch.nn.utils.get_total_norm(grads, 2.0)
+    # torch cannot stack norms of DTensors on different meshes (FSDP's dp mesh, the 2-D
+    # dp x tp mesh of tensor-parallel weights) or plain tensors: one norm per mesh, then
+    # combine the reduced values
+    groups: dict[object, list[Tensor]] = {}
     for g in grads:
-        local = g.full_tensor() if isinstance(g, DTensor) else g
-        sq = local.detach().float().pow(2).sum()
-        total_sq = sq if total_sq is None else total_sq + sq
-    norm = total_sq.sqrt()
-    if max_norm > 0:
-        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-        for g in grads:
-            g.mul_(scale.to(g.device) if not isinstance(g, DTensor) else scale.item())
-    return norm
+        groups.setdefault(g.device_mesh if isinstance(g, DTensor) else None, []).append(g)
+    norms = []
+    for group in groups.values():
+        n = torch.nn.utils.get_total_norm(group, 2.0)
+        norms.append((n.full_tensor() if isinstance(n, DTensor) else n).float())
+    return torch.linalg.vector_norm(torch.stack(norms))
 
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (a no-op on one process)."""
+    if env.distributed:
+        dist.barrier()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mlscale.curate.dedup import verify_pairs
 from mlscale.curate.dedup.clusters import choose_survivors, connected_components
 from mlscale.curate.dedup.lsh import band_keys, bucket_pairs, estimated_jaccard
 from mlscale.curate.dedup.minhash import minhash_signatures
@@ -117,6 +118,18 @@ class SignatureStore:
                                                               self.fetch(block[:, 1]))
         return out
 
+    def verified(self, pairs: np.ndarray, threshold: float) -> np.ndarray:
+        """Mask of the pairs whose estimated Jaccard reaches `threshold`, by the same rule
+        (counts of equal entries, no float rounding) as the in-memory `near_duplicates`."""
+        keep = np.empty(pairs.shape[0], dtype=bool)
+        for start in range(0, pairs.shape[0], PAIR_BLOCK):
+            block = pairs[start:start + PAIR_BLOCK]
+            k = len(block)
+            sigs = np.concatenate([self.fetch(block[:, 0]), self.fetch(block[:, 1])])
+            local = np.stack([np.arange(k), np.arange(k, 2 * k)], axis=1)
+            keep[start:start + k] = verify_pairs(local, sigs, threshold, return_mask=True)
+        return keep
+
 
 def run_near_band(ctx: Context, task: tuple[int, int]) -> dict[str, Any]:
     """Candidate pairs of one band (and key partition), verified if `near.verify`."""
@@ -148,7 +161,7 @@ def run_near_band(ctx: Context, task: tuple[int, int]) -> dict[str, Any]:
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if pairs.size else pairs.reshape(0, 2)
     candidates = int(pairs.shape[0])
     if cfg.verify and candidates:
-        pairs = pairs[store.similarity(pairs) >= cfg.threshold]
+        pairs = pairs[store.verified(pairs, cfg.threshold)]
     save_npy(layout.near_pairs(band, part), pairs.astype(np.int64, copy=False))
     return {"candidates": candidates, "pairs": int(pairs.shape[0])}
 

@@ -1,0 +1,99 @@
+"""DIR/report.html of `mlscale run`, rendered in headless Chromium: its images decode and
+its tables are there."""
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mlscale.cli import main
+from mlscale.data import DATA_DIR
+
+# the bundled CCNet sample (10 real documents) and a slice of Shakespeare, a 1-layer model:
+# every section of the report, in seconds
+EXPERIMENT = """\
+name = "report test"
+[inputs]
+documents = ["{documents}"]
+text = ["play.txt"]
+passage_chars = 400
+[curate]
+workers = 1
+[tokenize.tokenizer]
+kind = "char"
+[pretrain.model]
+n_layer = 1
+n_head = 2
+d_model = 32
+seq_len = 32
+[pretrain.train]
+batch_size = 8
+max_steps = 30
+warmup_steps = 5
+eval_every = 10
+eval_batches = 2
+checkpoint_every = 30
+log_every = 10
+[evaluate]
+max_tokens = 2000
+[generate]
+prompts = ["ROMEO:"]
+max_new_tokens = 16
+num_samples = 1
+"""
+SECTIONS = ["Stages", "Curation", "Tokens", "Training", "Evaluation", "Samples", "Configuration",
+            "Environment"]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return name
+    pytest.fail("Chromium is not installed: the report test renders report.html in headless "
+                "Chromium; install it with `apt-get install -y chromium` (the CI script does)")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    text = gzip.open(DATA_DIR / "tinyshakespeare.txt.gz", "rt", encoding="utf-8").read()[:15_000]
+    (root / "play.txt").write_text(text, encoding="utf-8")
+    toml = root / "experiment.toml"
+    toml.write_text(EXPERIMENT.format(documents=DATA_DIR / "ccnet-cc_en_head-0091.jsonl.zst"))
+    assert main(["run", str(toml), "--out", str(root / "out")]) == 0
+    return root / "out" / "report.html"
+
+
+def test_run_report_is_self_contained_with_every_section(report: Path) -> None:
+    html = report.read_text()
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in html
+    # no external requests: every image is embedded, no remote scripts or style sheets
+    assert re.findall(r'<img src="([^"]{0,22})', html) and all(
+        src.startswith("data:image/png;base64,") for src in re.findall(r'<img src="([^"]{0,22})', html))
+    assert not re.search(r'(src|href)="https?://', html)
+    for expected in ("gopher_quality", "too_few_sentences", "Duplicate clusters", "final val loss",
+                     "tokens / s (median)", "perplexity", "bits_per_byte", "ROMEO:", "python"):
+        assert expected in html, expected
+
+
+def test_run_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
+    browser = _chromium()
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)"', dom)
+    total = re.search(r'data-images-total="(\d+)"', dom)
+    assert loaded and total, "the page's load handler did not run:\n" + dom[:500]
+    # the funnel, duplicate clusters, loss curves and throughput: all decoded by the browser
+    assert int(total.group(1)) >= 4
+    assert loaded.group(1) == total.group(1)
+    assert dom.count("<table") >= 7
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in dom
