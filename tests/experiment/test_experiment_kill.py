@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 from mlscale.artifacts import fingerprint_file
-from mlscale.cli import main
 
 from experiment_helpers import write_tiny_experiment
 
 LONGER = ["--pretrain.train.max_steps=200", "--pretrain.train.checkpoint_every=20"]
+# both runs in fresh processes with one thread each, so that nothing but the interruption
+# differs between them (the thread count changes the order of float sums)
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _artifacts(out: Path) -> dict[str, object]:
@@ -37,11 +39,12 @@ def _artifacts(out: Path) -> dict[str, object]:
 def test_experiment_sigkill_in_pretrain_then_rerun_matches_uninterrupted(tmp_path: Path) -> None:
     toml = write_tiny_experiment(tmp_path / "experiment")
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    assert main(["run", str(toml), "--out", str(clean), *LONGER]) == 0
+    base = [sys.executable, "-m", "mlscale", "run", str(toml), *LONGER, "--out"]
+    whole = subprocess.run(base + [str(clean)], capture_output=True, text=True, timeout=300, env=ENV)
+    assert whole.returncode == 0, whole.stderr[-2000:]
 
-    cmd = [sys.executable, "-m", "mlscale", "run", str(toml), "--out", str(killed), *LONGER]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = base + [str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:
@@ -55,7 +58,7 @@ def test_experiment_sigkill_in_pretrain_then_rerun_matches_uninterrupted(tmp_pat
     assert not (killed / "pretrain" / "manifest.json").exists()
     assert not (killed / "evaluate").exists()
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "=== curate" not in rerun.stdout and "=== tokenize" not in rerun.stdout
     assert "=== pretrain: resume (was interrupted: resume inside it)" in rerun.stdout

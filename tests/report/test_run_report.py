@@ -59,6 +59,19 @@ def _chromium() -> str:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    # one thread: the tiny model gains nothing from two, and a shared machine's busy
+    # OpenMP pool makes every step many times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     text = gzip.open(DATA_DIR / "tinyshakespeare.txt.gz", "rt", encoding="utf-8").read()[:15_000]
     (root / "play.txt").write_text(text, encoding="utf-8")

@@ -54,6 +54,7 @@ TERMINAL_PUNCTUATION: frozenset[str] = _expand_class(_STERM_CLASS)
 #: The same set as a tuple, ready for `str.endswith`.
 TERMINAL_PUNCTUATION_TUPLE: tuple[str, ...] = tuple(sorted(TERMINAL_PUNCTUATION))
 
+
 def _mark_ranges() -> str:
     """A regex class body of the combining marks (Mn/Mc/Me) of the BMP, plus ZWNJ/ZWJ."""
     marks = [c for c in range(0x10000) if unicodedata.category(chr(c))[0] == "M"]

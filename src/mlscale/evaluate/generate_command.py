@@ -63,7 +63,10 @@ def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 256, tempera
     loaded = load_run(run_dir, step=step, device=dev)
     tok = loaded.tokenizer
     # an empty prompt starts where documents start in training: right after an end-of-text
-    ids = tok.encode(prompt) if prompt else [tok.eos_id]
+    if prompt and hasattr(loaded, "prompt_ids"):  # a fine-tuned run: its training template
+        ids = loaded.prompt_ids(prompt)
+    else:
+        ids = tok.encode(prompt) if prompt else [tok.eos_id]
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():

@@ -11,6 +11,10 @@ separate q/k/v projections), so exporting to Hugging Face is a pure renaming of 
 (see `mlscale.export.hf`). The model is single-device on purpose: data/tensor parallelism,
 activation checkpointing and torch.compile are applied from outside (`train/parallel.py`).
 
+When the projections are plain nn.Linear layers, q/k/v (and gate/up) run as one matrix
+multiply over their concatenated weights; LoRA, quantised or hooked layers (tensor
+parallelism) are called one by one instead. The parameters stay separate either way.
+
 Three attention paths share one `scaled_dot_product_attention` call:
 - training / scoring: `is_causal=True`, no mask tensor (the fused kernels' fast path);
 - packed examples (`segment_ids`): an explicit block-diagonal causal mask, and rotary
@@ -191,8 +195,9 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, D = self.n_head, self.kv_heads, self.head_dim
         if _plain(self.q_proj, self.k_proj, self.v_proj):
-            # one matmul for q, k and v (weights concatenated: a copy of a few KB, while
-            # the activations' passes halve), and one rotation for q and k together
+            # one matmul for q, k and v instead of three (forward and backward) and one
+            # rotation for q and k together: fewer, larger kernels. The weights' concat
+            # is a small copy next to the activations, and its backward splits the grads.
             w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
             qkv = F.linear(x, w).view(B, T, H + 2 * KV, D)
             qk = apply_rotary(qkv[:, :, :H + KV], cos, sin)

@@ -40,7 +40,7 @@ def fit_table(table: RunTable, *, law: str = "chinchilla", bootstrap: int = 0, s
         if bootstrap:
             boot = bootstrap_isoflop(table, profiles, bootstrap, seed=seed, level=level, progress=progress)
     else:
-        fit = fit_law(LAWS[law], table, starts=starts)
+        fit = fit_law(LAWS[law], table, starts=starts, progress=progress)
         body = fit.to_dict()
         c_max = float(table.C.max())
         N, D = fit.law.compute_optimal(c_max, fit.params)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
+from tqdm import tqdm
 
 from mlscale.errors import InputError
 from mlscale.scaling.laws import HUBER_DELTA, Law
@@ -68,11 +69,12 @@ class ParametricFit:
 
 
 def minimize_from(law: Law, starts: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray,
-                  w: np.ndarray, delta: float = HUBER_DELTA) -> list[tuple[float, np.ndarray, bool]]:
+                  w: np.ndarray, delta: float = HUBER_DELTA,
+                  progress: bool = False) -> list[tuple[float, np.ndarray, bool]]:
     """L-BFGS-B from each row of `starts`: [(objective, theta, converged)], best first."""
     results = []
     bounds = list(law.bounds) if any(b != (None, None) for b in law.bounds) else None
-    for theta0 in starts:
+    for theta0 in tqdm(starts, desc=f"fit {law.name}", unit="start", disable=not progress):
         res = minimize(law.objective, np.asarray(theta0, float), args=(x, y, t, w, delta), jac=True,
                        method="L-BFGS-B", bounds=bounds, options=LBFGS_OPTIONS)
         if np.isfinite(res.fun) and np.all(np.isfinite(res.x)):
@@ -97,7 +99,7 @@ def distinct_optima(results: list[tuple[float, np.ndarray, bool]], limit: int = 
 
 
 def fit_law(law: Law, table: RunTable, *, starts: int = DEFAULT_STARTS, delta: float = HUBER_DELTA,
-            weights: np.ndarray | None = None) -> ParametricFit:
+            weights: np.ndarray | None = None, progress: bool = False) -> ParametricFit:
     """Fit `law` to the runs: grid screening, then L-BFGS-B from the best `starts` grid points."""
     x, y, t = table.log_arrays
     w = np.ones_like(t) if weights is None else np.ascontiguousarray(weights, dtype=float)
@@ -109,7 +111,7 @@ def fit_law(law: Law, table: RunTable, *, starts: int = DEFAULT_STARTS, delta: f
         chosen = grid[np.argsort(screen, kind="stable")[:starts]]
     else:
         chosen = grid
-    results = minimize_from(law, chosen, x, y, t, w, delta)
+    results = minimize_from(law, chosen, x, y, t, w, delta, progress)
     if not results:
         raise InputError(f"{law.name} fit failed from every initialisation; check the run table "
                          f"({table.source.get('table', 'data')})")

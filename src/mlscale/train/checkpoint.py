@@ -307,11 +307,17 @@ def read_run_config(run_dir: Path):
 
 
 def load_run(run_dir: Path, step: int | None = None, device: torch.device | str = "cpu") -> LoadedRun:
-    """The model of a run (latest checkpoint, or `step`), in eval mode, with its tokenizer."""
+    """The model of a run (latest checkpoint, or `step`), in eval mode, with its tokenizer.
+
+    A fine-tuned run (`mlscale finetune`) loads as its base with the adapter applied.
+    """
+    from mlscale.finetune.merge import is_finetuned, load_finetuned
     from mlscale.model.llama import Llama
     from mlscale.tokenize.tokenizer import load_tokenizer
 
     run_dir = Path(run_dir)
+    if is_finetuned(run_dir):
+        return load_finetuned(run_dir, device=device)
     cfg = read_run_config(run_dir)
     tok_path = run_dir / TOKENIZER
     if not tok_path.exists():

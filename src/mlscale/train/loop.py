@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlscale.artifacts import StageDir, atomic_write_bytes, atomic_write_json, fingerprint_file, read_json
+from mlscale.artifacts import (StageDir, atomic_write_bytes, atomic_write_json, fingerprint_file,
+                               fingerprint_obj, read_json)
 from mlscale.config import to_dict
 from mlscale.errors import ArtifactError, ConfigError, InputError, MlscaleError
 from mlscale.model.config import ModelConfig
@@ -337,7 +338,11 @@ def pretrain(cfg: PretrainConfig, data_dir: Path, out_dir: Path, resume: bool = 
                          f"model.seq_len + 1 = {need}; use more data or a shorter context")
     has_val = len(val_tokens) >= need
     config = to_dict(cfg)
-    inputs = {"tokenizer": tok_fp, "tokens": fingerprint_file(data_dir / "manifest.json")}
+    # the tokens' content (shard hashes), not the manifest file, whose timings change when
+    # the same data is tokenized again
+    token_manifest = read_json(data_dir / "manifest.json")
+    inputs = {"tokenizer": tok_fp,
+              "tokens": fingerprint_obj({k: token_manifest.get(k) for k in ("dtype", "splits")})}
 
     from mlscale.train.parallel import barrier
 
