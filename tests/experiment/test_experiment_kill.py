@@ -13,7 +13,7 @@ from mlscale.artifacts import fingerprint_file
 
 from experiment_helpers import write_tiny_experiment
 
-LONGER = ["--pretrain.train.max_steps=200", "--pretrain.train.checkpoint_every=20"]
+LONGER = ["--pretrain.train.max_steps=120", "--pretrain.train.checkpoint_every=20"]
 # both runs in fresh processes with one thread each, so that nothing but the interruption
 # differs between them (the thread count changes the order of float sums)
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -49,7 +49,7 @@ def test_experiment_sigkill_in_pretrain_then_rerun_matches_uninterrupted(tmp_pat
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("step  50/200") or line.startswith("step 50/200"):
+        if line.startswith("step  50/120") or line.startswith("step 50/120"):
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)

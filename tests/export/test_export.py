@@ -130,8 +130,8 @@ def test_a_model_with_extra_weights_is_refused(tmp_path):
     model = tiny_model(50)
     model.blocks[0].attn.q_proj.register_parameter("lora_A", torch.nn.Parameter(torch.zeros(4, 32)))
     with pytest.raises(ArtifactError, match="merge"):
-        export_hf(model, tmp_path, None)
-    assert not (tmp_path / "config.json").exists()
+        export_hf(model, tmp_path / "out", None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_export_command_writes_the_run_and_is_idempotent(tmp_path, bpe_file, capsys):

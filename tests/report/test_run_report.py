@@ -104,8 +104,9 @@ def test_run_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
     loaded = re.search(r'data-images-loaded="(\d+)"', dom)
     total = re.search(r'data-images-total="(\d+)"', dom)
     assert loaded and total, "the page's load handler did not run:\n" + dom[:500]
-    # the funnel, duplicate clusters, loss curves and throughput: all decoded by the browser
-    assert int(total.group(1)) >= 4
+    # the funnel, the loss curves and the throughput (and duplicate clusters when there are
+    # any): all decoded by the browser
+    assert int(total.group(1)) >= 3
     assert loaded.group(1) == total.group(1)
     assert dom.count("<table") >= 7
     for title in SECTIONS:

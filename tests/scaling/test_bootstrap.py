@@ -12,14 +12,14 @@ from mlscale.scaling.laws import EPOCH_REFIT_SE
 
 @pytest.fixture(scope="module")
 def chinchilla_boot(chinchilla_table, chinchilla_fit):
-    return bootstrap_law(chinchilla_table, chinchilla_fit, 40, seed=0, progress=False)
+    return bootstrap_law(chinchilla_table, chinchilla_fit, 30, seed=0, progress=False)
 
 
 def test_bootstrap_standard_errors_match_epoch(chinchilla_boot, chinchilla_fit):
     boot = chinchilla_boot
-    assert boot.n == 40 and boot.failed == 0
+    assert boot.n == 30 and boot.failed == 0
     se = boot.standard_errors()
-    # 40 resamples estimate an SE to ~15%; B's sampling distribution is long-tailed
+    # 30 resamples estimate an SE to ~15%; B's sampling distribution is long-tailed
     for k in ("E", "A", "alpha", "beta"):
         assert 0.5 < se[k] / EPOCH_REFIT_SE[k] < 2.0, (k, se[k])
     assert 0.4 < se["B"] / EPOCH_REFIT_SE["B"] < 3.0

@@ -22,7 +22,7 @@ def test_default_plan_at_chinchilla_budget_is_about_20_tokens_per_param():
 
 
 def test_plan_from_fit_json_with_intervals(tmp_path, chinchilla_table):
-    body = fit_table(chinchilla_table, bootstrap=8, starts=5, seed=0, progress=False)
+    body = fit_table(chinchilla_table, bootstrap=8, starts=3, seed=0, progress=False)
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(body))
     p = plan(CHINCHILLA_BUDGET, load_fit(path))

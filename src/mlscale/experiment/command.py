@@ -28,7 +28,7 @@ The experiment file has one table per stage ([curate], [tokenize], [pretrain], [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mlscale.experiment.config import STAGES
+    from mlscale.experiment.plan import STAGES
 
     parser.epilog = EPILOG
     parser.add_argument("experiment", nargs="?", metavar="EXPERIMENT.toml",

@@ -17,13 +17,13 @@ from typing import Any
 from mlscale.config import load_config, option
 from mlscale.curate.config import CurateConfig
 from mlscale.errors import ConfigError
+from mlscale.experiment.plan import STAGES
 from mlscale.tokenize.config import TokenizeConfig
 from mlscale.train.config import PretrainConfig
 
 # names that stand for files shipped in the package
 BUNDLED_SAMPLE = "@sample"
 BUNDLED_SHAKESPEARE = "@shakespeare"
-STAGES = ("curate", "tokenize", "pretrain", "evaluate", "generate")
 
 
 @dataclass

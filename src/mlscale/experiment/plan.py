@@ -20,6 +20,8 @@ from typing import Any
 from mlscale.artifacts import atomic_write_json, fingerprint_file, read_json
 from mlscale.config import diff
 
+# the stages of an experiment, in the order they run
+STAGES = ("curate", "tokenize", "pretrain", "evaluate", "generate")
 STATE_FILE = "run-state.json"
 MANIFEST = "manifest.json"
 

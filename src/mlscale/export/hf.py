@@ -167,6 +167,7 @@ def export_hf(model: nn.Module, out_dir: Path, tokenizer_file: Path | None = Non
     weight_dtype = dtype or model.embed.weight.dtype
     if weight_dtype not in _TORCH_DTYPE_NAMES:
         raise ArtifactError(f"cannot export weights of dtype {weight_dtype}")
+    tensors = hf_state_dict(model, weight_dtype)  # checks the layout before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
@@ -176,7 +177,7 @@ def export_hf(model: nn.Module, out_dir: Path, tokenizer_file: Path | None = Non
 
     with atomic_path(out_dir / "model.safetensors") as tmp:
         # transformers refuses safetensors files without format metadata
-        save_file(hf_state_dict(model, weight_dtype), str(tmp), metadata={"format": "pt"})
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     ids = {"bos_id": special["bos"], "eos_id": special["eos"], "pad_id": special["pad"]}
     atomic_write_json(out_dir / "config.json", hf_config(cfg, **ids, dtype=weight_dtype))
     atomic_write_json(out_dir / "generation_config.json", {

@@ -223,7 +223,9 @@ def _training_section(out: Path) -> tuple[str | None, dict[str, Any] | None]:
                 ["training seconds", f"{s['seconds']:.1f}"],
             ])
             + ('<p class="muted">MFU = achieved model FLOP/s over the device\'s peak; on a CPU the '
-               "peak is an estimate, so read it as a trend.</p>" if mfu is not None else ""))
+               "peak is an estimate, so read it as a trend.</p>" if mfu is not None else
+               '<p class="muted">MFU (achieved model FLOP/s over the device\'s peak) is shown on '
+               "devices whose peak is known (GPUs); this run's device has none recorded.</p>"))
     return body, s
 
 
