@@ -60,3 +60,18 @@ def test_fingerprints_skip_hidden_bookkeeping(tmp_path):
     assert list(fp) == [str(tmp_path / "a.txt")]
     (tmp_path / "a.txt").write_text("y")
     assert fingerprint_paths([tmp_path]) != fp
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "m.json", {})
+        with atomic_path(tmp_path / "w.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(mask)
+    for name in ("m.json", "w.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name

@@ -35,6 +35,18 @@ DONE_DIR = ".done"
 
 
 # ------------------------------------------------------------------------ atomic writes
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str | Path, path: Path) -> None:
+    """Give the temp file the usual permissions (mkstemp makes it 0600) and rename it."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same directory and a rename."""
     path = Path(path)
@@ -45,7 +57,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -82,7 +94,7 @@ class atomic_path:
         if exc_type is None:
             with open(self.tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-            os.replace(self.tmp, self.path)
+            _publish(self.tmp, self.path)
         elif self.tmp.exists():
             self.tmp.unlink()
 

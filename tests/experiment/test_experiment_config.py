@@ -7,7 +7,8 @@ import pytest
 
 from mlscale.cli import main
 from mlscale.errors import ConfigError
-from mlscale.experiment.config import STAGES, bundled_experiment, load_experiment, resolve_inputs
+from mlscale.experiment.config import bundled_experiment, load_experiment, resolve_inputs
+from mlscale.experiment.plan import STAGES
 
 from experiment_helpers import write_tiny_experiment
 

@@ -1,6 +1,7 @@
 """IsoFLOP sweeps: depth choice, step counts from the model's FLOPs, a tiny real sweep, resume."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def test_tiny_sweep_runs_resumes_and_feeds_the_fit(tmp_path, tok_dir, monkeypatc
     for row, n, d in zip(rows, table.N, table.D):
         assert (n, d) == (row["N"], row["D"]) and row["D"] == row["steps"] * row["tokens_per_step"]
     capsys.readouterr()
-    assert main(["scaling", "fit", str(out / "runs.csv"), "--starts", "2"]) == 0
+    assert main(["scaling", "fit", str(out / "runs.csv"), "--starts", "20"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_points"] == 4
     assert main(["scaling", "fit", str(out / "runs.csv"), "--law", "isoflop"]) == 2  # 2 sizes: no parabola
     assert "at least 2 profiles" in capsys.readouterr().err

@@ -17,7 +17,6 @@ from typing import Any
 from mlscale.config import load_config, option
 from mlscale.curate.config import CurateConfig
 from mlscale.errors import ConfigError
-from mlscale.experiment.plan import STAGES
 from mlscale.tokenize.config import TokenizeConfig
 from mlscale.train.config import PretrainConfig
 

@@ -14,8 +14,8 @@ from typing import Any, Callable
 from mlscale.artifacts import StageDir, fingerprint_paths
 from mlscale.config import to_dict
 from mlscale.errors import ConfigError
-from mlscale.experiment.config import STAGES, ExperimentConfig, resolve_inputs
-from mlscale.experiment.plan import Decision, RunState, StageSpec, decide, output_fingerprint
+from mlscale.experiment.config import ExperimentConfig, resolve_inputs
+from mlscale.experiment.plan import STAGES, Decision, RunState, StageSpec, decide, output_fingerprint
 
 INPUTS_DIR = "inputs"
 REPORT = "report.html"

@@ -45,7 +45,9 @@ class Bootstrap:
         return {k: [float(a), float(b)] for k, a, b in zip(self.names, lo, hi)}
 
     def standard_errors(self) -> dict[str, float]:
-        return {k: float(s) for k, s in zip(self.names, np.nanstd(self.samples, axis=0, ddof=1))}
+        with np.errstate(over="ignore"):  # a diverged refit's constant can square to inf
+            sd = np.nanstd(self.samples, axis=0, ddof=1)
+        return {k: float(s) for k, s in zip(self.names, sd)}
 
     def to_dict(self, samples: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"resamples": self.n, "failed": self.failed, "seed": self.seed,

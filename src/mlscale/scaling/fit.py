@@ -77,7 +77,9 @@ def minimize_from(law: Law, starts: np.ndarray, x: np.ndarray, y: np.ndarray, t:
     for theta0 in tqdm(starts, desc=f"fit {law.name}", unit="start", disable=not progress):
         res = minimize(law.objective, np.asarray(theta0, float), args=(x, y, t, w, delta), jac=True,
                        method="L-BFGS-B", bounds=bounds, options=LBFGS_OPTIONS)
-        if np.isfinite(res.fun) and np.all(np.isfinite(res.x)):
+        # with few runs the optimum can lie at infinity (a constant running off to e^1000):
+        # such a start did not find a law
+        if np.isfinite(res.fun) and np.all(np.isfinite(law.from_theta_array(res.x))):
             results.append((float(res.fun), res.x, bool(res.success)))
     results.sort(key=lambda r: r[0])
     return results
@@ -113,8 +115,9 @@ def fit_law(law: Law, table: RunTable, *, starts: int = DEFAULT_STARTS, delta: f
         chosen = grid
     results = minimize_from(law, chosen, x, y, t, w, delta, progress)
     if not results:
-        raise InputError(f"{law.name} fit failed from every initialisation; check the run table "
-                         f"({table.source.get('table', 'data')})")
+        raise InputError(f"{law.name} fit diverged from every initialisation: {len(table)} runs do not "
+                         f"determine its {len(law.params)} parameters ({table.source.get('table', 'data')}); "
+                         "add runs at more sizes and budgets")
     best_f, best_theta, _ = results[0]
     return ParametricFit(law=law, params=law.from_theta(best_theta), objective=best_f,
                          n_points=int(round(w.sum())), starts=len(chosen), grid_points=len(grid),

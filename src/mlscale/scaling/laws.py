@@ -130,14 +130,15 @@ class Law:
                          for p, lg in zip(self.params, self.log_params)])
 
     def from_theta(self, theta: np.ndarray) -> dict[str, float]:
-        return {p: float(math.exp(v) if lg else v) for p, v, lg in zip(self.params, theta, self.log_params)}
+        return dict(zip(self.params, map(float, self.from_theta_array(theta))))
 
     def from_theta_array(self, thetas: np.ndarray) -> np.ndarray:
-        """Rows of theta -> rows of public parameters (vectorised `from_theta`)."""
+        """Rows of theta -> rows of public parameters; a diverged log-parameter becomes inf."""
         out = np.array(thetas, dtype=float, copy=True)
-        for k, lg in enumerate(self.log_params):
-            if lg:
-                out[..., k] = np.exp(out[..., k])
+        with np.errstate(over="ignore"):
+            for k, lg in enumerate(self.log_params):
+                if lg:
+                    out[..., k] = np.exp(out[..., k])
         return out
 
     def init_grid(self) -> np.ndarray:
@@ -180,10 +181,13 @@ class ChinchillaLaw(Law):
 
     def compute_optimal(self, C, params):
         # Hoffmann et al. eq. (4): N* = G (C/6)^(beta/(alpha+beta)), D* = G^-1 (C/6)^(alpha/(alpha+beta))
-        E, A, B, alpha, beta = (params[p] for p in self.params)
-        G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
-        c6 = np.asarray(C, float) / 6.0
-        return G * c6 ** (beta / (alpha + beta)), c6 ** (alpha / (alpha + beta)) / G
+        # numpy powers: a non-physical parameter set (say a bootstrap refit with beta < 0)
+        # gives NaN here, not a complex number
+        E, A, B, alpha, beta = (np.float64(params[p]) for p in self.params)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            G = np.power(alpha * A / (beta * B), 1.0 / (alpha + beta))
+            c6 = np.asarray(C, float) / 6.0
+            return G * np.power(c6, beta / (alpha + beta)), np.power(c6, alpha / (alpha + beta)) / G
 
 
 class KaplanLaw(Law):
@@ -198,10 +202,11 @@ class KaplanLaw(Law):
 
     def compute_optimal(self, C, params):
         # minimise (N_c/N)^r + 6 D_c N / C over N: N^(r+1) = r N_c^r C / (6 D_c)
-        Nc, Dc, aN, aD = (params[p] for p in self.params)
+        Nc, Dc, aN, aD = (np.float64(params[p]) for p in self.params)
         r = aN / aD
         C = np.asarray(C, float)
-        logN = (math.log(r) + r * math.log(Nc) + np.log(C) - math.log(6.0 * Dc)) / (r + 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            logN = (np.log(r) + r * np.log(Nc) + np.log(C) - np.log(6.0 * Dc)) / (r + 1.0)
         N = np.exp(logN)
         return N, C / (6.0 * N)
 

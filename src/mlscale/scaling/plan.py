@@ -76,8 +76,16 @@ def plan(compute: float, fit: dict[str, Any] | None = None, level: float = 0.95)
         for s in samples:
             p = dict(zip(cols, s))
             n_, d_, l_ = _optimum(law, p, compute)
-            rows.append([n_, d_, d_ / n_, np.nan if l_ is None else l_])
-        lo, hi = percentile_interval(np.array(rows), level)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rows.append([n_, d_, d_ / n_, np.nan if l_ is None else l_])
+        rows_arr = np.array(rows, dtype=float)
+        # resamples whose law has no finite optimum (non-physical refits) are left out and counted
+        valid = np.isfinite(rows_arr[:, :3]).all(axis=1)
+        out["invalid_resamples"] = int((~valid).sum())
+        if valid.sum() < 2:
+            out["ci"] = None
+            return out
+        lo, hi = percentile_interval(rows_arr[valid], level)
         keys = ["N", "D", "tokens_per_param", "loss"]
         out["ci"] = {k: [float(a), float(b)] for k, a, b in zip(keys, lo, hi) if np.isfinite(a)}
         out["level"] = level

@@ -13,7 +13,7 @@ import numpy as np
 
 from mlscale.artifacts import atomic_path
 from mlscale.scaling.bootstrap import Bootstrap, percentile_interval
-from mlscale.scaling.fit import IsoFlopFit, ParametricFit
+from mlscale.scaling.fit import IsoFlopFit, ParametricFit, Profile, group_budgets
 from mlscale.scaling.table import RunTable
 
 FIGSIZE = (6.4, 4.6)
@@ -47,7 +47,12 @@ def plot_isoflop(table: RunTable, profiles: IsoFlopFit | None, fit: ParametricFi
     """Loss against N for each IsoFLOP profile, with the law along the profile or the parabola."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    groups = profiles.profiles if profiles is not None else []
+    if profiles is not None:
+        groups = profiles.profiles
+    else:  # approach 2 could not fit the profiles: still draw the runs by budget with the law
+        groups = [Profile(C=float(np.exp(np.log(table.C[g]).mean())), index=g, coef=np.zeros(3), N_opt=np.nan,
+                          D_opt=np.nan, loss_opt=np.nan, bracketed=False, usable=False)
+                  for g in group_budgets(table.C, 0.03) if len(g) >= 2]
     cmap = plt.get_cmap("viridis")
     logc = np.log10([p.C for p in groups]) if groups else np.array([])
     span = (logc.min(), max(logc.max(), logc.min() + 1e-9)) if len(logc) else (0, 1)
@@ -63,7 +68,7 @@ def plot_isoflop(table: RunTable, profiles: IsoFlopFit | None, fit: ParametricFi
             ax.plot(grid, curve, color=color, lw=1.2)
             best = np.argmin(curve)
             ax.scatter([grid[best]], [curve[best]], marker="*", s=80, color=color, edgecolor="k", zorder=3)
-        else:
+        elif profiles is not None:
             ax.plot(grid, np.polyval(p.coef, np.log10(grid)), color=color, lw=1.2, ls="-" if p.usable else "--")
             if p.usable:
                 ax.scatter([p.N_opt], [p.loss_opt], marker="*", s=80, color=color, edgecolor="k", zorder=3)
