@@ -60,3 +60,19 @@ def test_relative_inputs_are_taken_from_the_experiment_folder(tiny_experiment: P
     cfg, base, source = load_experiment(tiny_experiment)
     _, texts = resolve_inputs(cfg, base, source)
     assert texts == [(tiny_experiment.parent / "shakespeare-slice.txt").resolve()]
+
+
+def test_experiment_refuses_a_directory_another_run_is_writing(tiny_experiment: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    from mlscale.errors import ArtifactError
+    from mlscale.experiment import run_experiment
+
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg, base, source = load_experiment(tiny_experiment)
+    with open(out / ".run.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ArtifactError, match="another `mlscale run` is writing"):
+            run_experiment(cfg, out, base=base, source=source)
+    assert sorted(p.name for p in out.iterdir()) == [".run.lock"]  # no stage started

@@ -8,17 +8,19 @@ with (DIR/run-state.json), and DIR/report.html at the end.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mlscale.artifacts import StageDir, fingerprint_paths
 from mlscale.config import to_dict
-from mlscale.errors import ConfigError
+from mlscale.errors import ArtifactError, ConfigError
 from mlscale.experiment.config import ExperimentConfig, resolve_inputs
 from mlscale.experiment.plan import STAGES, Decision, RunState, StageSpec, decide, output_fingerprint
 
 INPUTS_DIR = "inputs"
 REPORT = "report.html"
+LOCK = ".run.lock"
 
 
 class _Experiment:
@@ -180,6 +182,29 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, from_stage: str | Non
         return result
 
     out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        # read again under the lock: a run that finished meanwhile has changed it
+        return _run_stages(exp, RunState(out), cfg, from_stage, result)
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold DIR/.run.lock: two runs writing one directory would corrupt each other's stages.
+    The lock is the kernel's (flock), so a killed run never leaves it held."""
+    import fcntl
+
+    with open(out / LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArtifactError(f"another `mlscale run` is writing {out}; wait for it to finish, "
+                                "or choose another --out") from None
+        yield
+
+
+def _run_stages(exp: _Experiment, state: RunState, cfg: ExperimentConfig, from_stage: str | None,
+                result: dict[str, Any]) -> dict[str, Any]:
+    out = exp.out
     ran_any = False
     for stage in exp.stages:
         # decided again now that the stages before it have run: its inputs are known

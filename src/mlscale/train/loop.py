@@ -49,7 +49,7 @@ from mlscale.train.schedule import lr_at
 # (batch_size x data-parallel ranks) stays the same (checked on resume).
 RESUMABLE_KEYS = ("train.max_steps", "train.eval_every", "train.eval_batches",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                  "train.compile", "train.device", "train.activation_checkpointing",
+                  "train.compile", "train.device", "train.threads", "train.activation_checkpointing",
                   "train.batch_size", "parallel.strategy", "parallel.tp", "parallel.backend")
 EVAL_SEED_OFFSET = 1_000_003  # validation windows come from a generator apart from training's
 
@@ -85,6 +85,8 @@ def setup_runtime(cfg: TrainConfig, parallel: ParallelConfig | None = None) -> R
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     env = init_distributed(parallel or ParallelConfig(), device)
     device = rank_device(device, env)
     if device.type == "cuda":
