@@ -11,15 +11,6 @@ from mlscale.model.config import ModelConfig
 from mlscale.model.llama import Llama
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and a shared CI machine stays responsive."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def model(vocab: int = 40) -> Llama:
     torch.manual_seed(0)
     return Llama(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=8, vocab_size=vocab))

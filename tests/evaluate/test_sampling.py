@@ -10,15 +10,6 @@ from mlscale.model.config import ModelConfig
 from mlscale.model.llama import Llama
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> Llama:
     # a larger init than training's gives peaked next-token distributions, so greedy

@@ -21,15 +21,6 @@ SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 SEED_TASKS = DATA / "self-instruct" / "seed_tasks.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bpe_file(tmp_path_factory) -> Path:
     text = SHAKESPEARE.read_text()[:60_000]

@@ -8,16 +8,6 @@ import torch
 from ft_helpers import SEED_TASKS, make_run, write_jsonl
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation, and on a
-    busy machine a spinning thread costs 10-100x. Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def base_run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)

@@ -13,16 +13,6 @@ from mlscale.model.config import ModelConfig
 from mlscale.model.llama import Llama, _RMSNormFn, positions_in_segments
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation, and on a busy
-    machine a spinning OpenMP thread costs 10x. Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(seed: int = 0, **kw) -> Llama:
     base = dict(n_layer=2, n_head=4, n_kv_head=2, d_model=64, seq_len=32, vocab_size=101)
     cfg = ModelConfig(**{**base, **kw})

@@ -53,7 +53,7 @@ def _axes(height: float = FIG_SIZE[1]):
     return fig, ax
 
 
-def _funnel_figure(funnel: list[dict[str, Any]], records: int) -> str:
+def funnel_figure(funnel: list[dict[str, Any]], records: int) -> str:
     labels = ["input"] + [g["step"] for g in funnel]
     values = [records] + [g["out"] for g in funnel]
     fig, ax = _axes(0.42 * len(labels) + 1.0)
@@ -114,7 +114,7 @@ def _score_figure(hist: dict[str, Any], threshold: float | None) -> str | None:
     return figure_to_data_uri(fig)
 
 
-def _cluster_figure(duplicates: dict[str, Any]) -> str | None:
+def cluster_figure(duplicates: dict[str, Any]) -> str | None:
     series = {k: v.get("cluster_sizes", {}) for k, v in duplicates.items() if v.get("cluster_sizes")}
     if not series:
         return None
@@ -149,7 +149,7 @@ def _reasons(step: str, removed: dict[str, int], limit: int | None = None) -> st
     return text
 
 
-def _funnel_table(funnel: list[dict[str, Any]], records: int) -> str:
+def funnel_table(funnel: list[dict[str, Any]], records: int) -> str:
     rows, classes = [], []
     for g in funnel:
         subs = g.get("substeps", [])
@@ -165,7 +165,7 @@ def _funnel_table(funnel: list[dict[str, Any]], records: int) -> str:
                  rows, classes)
 
 
-def _reasons_table(funnel: list[dict[str, Any]], records: int) -> str:
+def reasons_table(funnel: list[dict[str, Any]], records: int) -> str:
     rows = []
     for g in funnel:
         for sub in g.get("substeps") or [g]:
@@ -237,10 +237,10 @@ def build_report(body: dict[str, Any], examples: dict[str, dict[str, Any]],
         ["work units", f"{body['work_units']['shards']} shard(s), "
                        f"{body['work_units']['key_partitions']} key partition(s)"],
     ]))
-    page.section("Funnel", image(_funnel_figure(funnel, records), "documents left after each step")
-                 + _funnel_table(funnel, records)
+    page.section("Funnel", image(funnel_figure(funnel, records), "documents left after each step")
+                 + funnel_table(funnel, records)
                  + '<p class="muted">CPU seconds are summed over work units and workers.</p>')
-    page.section("Removal reasons", _reasons_table(funnel, records))
+    page.section("Removal reasons", reasons_table(funnel, records))
     hist = body["histograms"]
     threshold = None
     if config is not None:
@@ -250,7 +250,7 @@ def build_report(body: dict[str, Any], examples: dict[str, dict[str, Any]],
          "(grey) and of the documents kept (blue)."),
         (_score_figure(hist, threshold), "language score", "Score of the language identified, "
          "for every document that reached the language step."),
-        (_cluster_figure(body.get("duplicates", {})), "duplicate-cluster size",
+        (cluster_figure(body.get("duplicates", {})), "duplicate-cluster size",
          "Clusters of duplicates by size; all but one document of each are removed."),
     ) if f[0] is not None]
     if figures:

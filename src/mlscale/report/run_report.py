@@ -136,7 +136,7 @@ def _stages_section(out: Path, stages: Sequence[str], state: dict[str, Any]) -> 
 
 
 def _curate_section(out: Path) -> str | None:
-    from mlscale.curate.report import _cluster_figure, _funnel_figure, _funnel_table, _reasons_table
+    from mlscale.curate.report import cluster_figure, funnel_figure, funnel_table, reasons_table
 
     m = _read(out / "curate" / "manifest.json")
     if m is None:
@@ -144,16 +144,16 @@ def _curate_section(out: Path) -> str | None:
     records = m["records"]
     parts = [_cards([("records read", _fmt(records)), ("documents kept", _fmt(m["kept"])),
                      ("removed", _fmt(m["removed"])), ("characters kept", _fmt(m.get("kept_chars", 0)))]),
-             '<div class="figures">', image(_funnel_figure(m["funnel"], records),
+             '<div class="figures">', image(funnel_figure(m["funnel"], records),
                                             "documents left after each curation step",
                                             "Documents left after each step.")]
-    clusters = _cluster_figure(m.get("duplicates", {}))
+    clusters = cluster_figure(m.get("duplicates", {}))
     if clusters:
         parts.append(image(clusters, "duplicate cluster sizes",
                            "Clusters of duplicates by size; one document of each is kept."))
     parts.append("</div>")
-    parts.append("<h3>Funnel</h3>" + _funnel_table(m["funnel"], records))
-    parts.append("<h3>What was removed, and why</h3>" + _reasons_table(m["funnel"], records))
+    parts.append("<h3>Funnel</h3>" + funnel_table(m["funnel"], records))
+    parts.append("<h3>What was removed, and why</h3>" + reasons_table(m["funnel"], records))
     dups = m.get("duplicates", {})
     rows = []
     for kind, d in dups.items():
