@@ -26,8 +26,12 @@ test: venv
 
 bench: venv
 	$(BIN)/pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/bench_dedup.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_finetune.py
+	$(BIN)/python benchmarks/bench_tokenize.py
+	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_dedup.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
