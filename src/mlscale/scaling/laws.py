@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
 
@@ -114,7 +115,7 @@ def _kaplan_objective(theta: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.nda
 
 # ----------------------------------------------------------------------------- the laws
 @dataclass(frozen=True)
-class Law:
+class Law(ABC):
     """A parametric L(N, D): its public parameters and the log-space parametrisation it is fitted in."""
 
     name: str
@@ -164,12 +165,13 @@ class Law:
         N, D = np.broadcast_arrays(np.asarray(N, float), np.asarray(D, float))
         return self.predict_array(N.ravel(), D.ravel(), row)[0].reshape(N.shape)
 
+    @abstractmethod
     def predict_array(self, N: np.ndarray, D: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Loss for each parameter row (rows: (k, n_params)) at every (N, D): (k, len(N))."""
 
+    @abstractmethod
     def compute_optimal(self, C: np.ndarray | float, params: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """(N*, D*) minimising the loss subject to 6 N D = C."""
-        raise NotImplementedError
 
 
 class ChinchillaLaw(Law):
