@@ -53,7 +53,9 @@ def test_bundled_experiment_loads_with_bundled_inputs() -> None:
     assert len(documents) >= 4 and all(p.is_file() for p in documents)
     assert [p.name for p in texts] == ["tinyshakespeare.txt.gz"]
     assert cfg.tokenize.tokenizer.kind == "char" and cfg.pretrain.train.max_steps >= 1000
-    assert STAGES == ("curate", "tokenize", "pretrain", "evaluate", "generate")
+    assert STAGES == ("curate", "tokenize", "pretrain", "evaluate", "generate", "scaling", "finetune")
+    assert not cfg.scaling.enabled and not cfg.finetune.enabled  # the optional stages are off
+    assert cfg.finetune.train.max_steps == 200 and cfg.finetune.train.lr == 2e-4  # finetune's defaults
 
 
 def test_relative_inputs_are_taken_from_the_experiment_folder(tiny_experiment: Path) -> None:

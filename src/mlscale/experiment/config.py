@@ -4,6 +4,8 @@
     [inputs]                   raw documents to curate, plain text to add after curation
     [curate] [tokenize] [pretrain]   the same keys as `mlscale curate / tokenize / pretrain`
     [evaluate] [generate]      the same settings as the flags of `mlscale evaluate / generate`
+    [scaling]                  optional (enabled = true): an IsoFLOP sweep on the tokens, and its fit
+    [finetune]                 optional (enabled = true, data_file = ...): `mlscale finetune` keys
 
 Overrides address a stage's keys with its table as prefix, e.g.
 `--pretrain.train.max_steps=300` or `--curate.near.threshold=0.7`.
@@ -17,6 +19,7 @@ from typing import Any
 from mlscale.config import load_config, option
 from mlscale.curate.config import CurateConfig
 from mlscale.errors import ConfigError
+from mlscale.finetune.config import FINETUNE_DEFAULTS, FinetuneConfig
 from mlscale.tokenize.config import TokenizeConfig
 from mlscale.train.config import PretrainConfig
 
@@ -73,6 +76,30 @@ class GenerateConfig:
 
 
 @dataclass
+class ScalingStageConfig:
+    """The optional scaling stage: `mlscale scaling sweep` on the tokens, then `scaling fit`."""
+
+    enabled: bool = option(False, "run an IsoFLOP sweep (its runs start from the [pretrain] "
+                           "settings) and fit a scaling law to it")
+    budgets: list[float] = option([1e12, 3e12, 6e12], "training FLOP budgets of the sweep")
+    sizes: int = option(4, "model sizes (depths of the depth preset) per budget", min=2)
+    tokens_per_param: float = option(20.0, "prior compute-optimal D/N that centres each profile",
+                                     min=0.1)
+    law: str = option("chinchilla", "law fitted to the sweep",
+                      choices=("chinchilla", "kaplan", "isoflop"))
+    bootstrap: int = option(100, "bootstrap resamples for the fit's intervals; 0 = none", min=0)
+
+
+@dataclass
+class FinetuneStageConfig(FinetuneConfig):
+    """The optional finetune stage: `mlscale finetune` of the pretrained model."""
+
+    enabled: bool = option(False, "fine-tune the pretrained model (set data_file too)")
+    data_file: str = option("", "instruction or preference data (the --data of `mlscale "
+                            "finetune`); relative paths are taken from the experiment file's folder")
+
+
+@dataclass
 class ExperimentConfig:
     """Everything `mlscale run` is configured by."""
 
@@ -84,10 +111,14 @@ class ExperimentConfig:
     pretrain: PretrainConfig = option(default_factory=PretrainConfig)
     evaluate: EvaluateConfig = option(default_factory=EvaluateConfig)
     generate: GenerateConfig = option(default_factory=GenerateConfig)
+    scaling: ScalingStageConfig = option(default_factory=ScalingStageConfig)
+    finetune: FinetuneStageConfig = option(default_factory=FinetuneStageConfig)
 
     def validate(self) -> None:
         if not self.inputs.documents and not self.inputs.text:
             raise ConfigError("inputs: give inputs.documents or inputs.text (or both)")
+        if self.finetune.enabled and not self.finetune.data_file:
+            raise ConfigError("finetune.data_file: the finetune stage needs its data file")
 
 
 def bundled_experiment() -> Path:
@@ -135,5 +166,12 @@ def load_experiment(path: str | Path | None, overrides: list[str] | dict[str, An
     file = Path(path) if path is not None else bundled_experiment()
     if not file.is_file():
         raise ConfigError(f"experiment file not found: {file}")
-    cfg = load_config(ExperimentConfig, file, overrides)
-    return cfg, file.resolve().parent, str(file)
+    # the finetune table starts from fine-tuning's own defaults, as `mlscale finetune` does
+    cfg = load_config(ExperimentConfig, file, overrides, base={"finetune": FINETUNE_DEFAULTS})
+    base = file.resolve().parent
+    if cfg.finetune.enabled:
+        data = Path(cfg.finetune.data_file).expanduser()
+        data = data if data.is_absolute() else base / data
+        if not data.is_file():
+            raise ConfigError(f"{file}: [finetune] data_file: {cfg.finetune.data_file!r} not found ({data})")
+    return cfg, base, str(file)

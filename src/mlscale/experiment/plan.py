@@ -21,7 +21,9 @@ from mlscale.artifacts import atomic_write_json, fingerprint_file, read_json
 from mlscale.config import diff
 
 # the stages of an experiment, in the order they run
-STAGES = ("curate", "tokenize", "pretrain", "evaluate", "generate")
+# (scaling and finetune are optional; a change reruns the stages after it, so the cheap
+# finetune comes after the long sweep)
+STAGES = ("curate", "tokenize", "pretrain", "evaluate", "generate", "scaling", "finetune")
 STATE_FILE = "run-state.json"
 MANIFEST = "manifest.json"
 

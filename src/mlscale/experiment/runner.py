@@ -29,7 +29,10 @@ class _Experiment:
     def __init__(self, cfg: ExperimentConfig, out: Path, base: Path, source: str):
         self.cfg, self.out = cfg, out
         self.documents, self.texts = resolve_inputs(cfg, base, source)
-        self.stages = [s for s in STAGES if s != "curate" or self.documents]
+        self.finetune_data = (base / cfg.finetune.data_file).resolve() if cfg.finetune.enabled else None
+        optional = {"curate": bool(self.documents), "scaling": cfg.scaling.enabled,
+                    "finetune": cfg.finetune.enabled}
+        self.stages = [s for s in STAGES if optional.get(s, True)]
 
     # -- what each stage is keyed by ----------------------------------------------------
     def config(self, stage: str) -> dict[str, Any]:
@@ -38,6 +41,8 @@ class _Experiment:
             return c.curate.identity()
         if stage == "tokenize":
             return {**c.tokenize.content_dict(), "passage_chars": c.inputs.passage_chars}
+        if stage == "scaling":  # the sweep's runs start from the pretrain settings
+            return {**to_dict(c.scaling), "pretrain": to_dict(c.pretrain)}
         return to_dict(getattr(c, stage))
 
     def inputs(self, stage: str, state: RunState) -> dict[str, Any] | None:
@@ -45,8 +50,10 @@ class _Experiment:
         if stage == "curate":
             return {"documents": fingerprint_paths(self.documents)}
         upstream = {"tokenize": "curate", "pretrain": "tokenize", "evaluate": "pretrain",
-                    "generate": "pretrain"}[stage]
+                    "generate": "pretrain", "scaling": "tokenize", "finetune": "pretrain"}[stage]
         found: dict[str, Any] = {}
+        if stage == "finetune":
+            found["data"] = fingerprint_paths([self.finetune_data])
         if stage == "tokenize":
             found["text"] = fingerprint_paths(self.texts)
             if "curate" not in self.stages:
@@ -93,6 +100,31 @@ class _Experiment:
         summary = pretrain(self.cfg.pretrain, self.out / "tokenize", self.out / "pretrain",
                            resume=mode in ("resume", "extend"), force=mode == "restart")
         print(f"pretrain: {summary['steps']} steps, final val loss {summary['final_val_loss']}", flush=True)
+
+    def _scaling(self, mode: str) -> None:
+        from mlscale.scaling.analyze import fit_file
+        from mlscale.scaling.sweep import sweep
+
+        c = self.cfg.scaling
+        sweep(self.cfg.pretrain, self.out / "tokenize", self.out / "scaling", c.budgets,
+              sizes=c.sizes, tokens_per_param=c.tokens_per_param, force=mode == "restart")
+        body = fit_file(self.out / "scaling" / "runs.csv", law=c.law, bootstrap=c.bootstrap,
+                        out=self.out / "scaling" / "fit", progress=True)
+        shown = {k: body[k] for k in ("E", "A", "B", "alpha", "beta", "a", "b") if k in body}
+        print("scaling fit: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
+
+    def _finetune(self, mode: str) -> None:
+        from mlscale.finetune.loop import finetune
+
+        from mlscale.config import from_dict
+        from mlscale.finetune.config import FinetuneConfig
+
+        # the stage's own keys (enabled, data_file) are the experiment's, not the run's
+        keys = {k: v for k, v in to_dict(self.cfg.finetune).items() if k not in ("enabled", "data_file")}
+        summary = finetune(from_dict(FinetuneConfig, keys), self.out / "pretrain", self.finetune_data,
+                           self.out / "finetune", force=mode == "restart")
+        shown = {k: v for k, v in summary.items() if isinstance(v, float) and "loss" in k}
+        print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
 
     def _evaluate(self, mode: str) -> None:
         from mlscale.artifacts import atomic_write_json

@@ -240,6 +240,39 @@ def _evaluation_section(out: Path) -> str | None:
             + table(["metric", "value"], rows))
 
 
+def _scaling_section(out: Path) -> str | None:
+    """The optional scaling stage: the fitted law with its intervals, and its plots."""
+    import base64
+
+    fit = _read(out / "scaling" / "fit" / "fit.json")
+    if fit is None:
+        return None
+    ci = fit.get("ci") or {}
+    names = [k for k in ("E", "A", "B", "alpha", "beta", "N_c", "D_c", "alpha_N", "alpha_D", "a", "b")
+             if isinstance(fit.get(k), (int, float))]
+    rows = [[k, _fmt(fit[k], 4), " - ".join(_fmt(v, 4) for v in ci[k]) if ci.get(k) else ""] for k in names]
+    parts = [f"<p>The IsoFLOP sweep's runs ({escape(fit.get('table', {}).get('path', 'scaling/runs.csv'))}) "
+             f"fitted with the <b>{escape(fit.get('law', ''))}</b> law.</p>",
+             table(["parameter", "value", "95% interval"], rows), '<div class="figures">']
+    for plot in fit.get("plots", []):
+        p = Path(plot)
+        if p.is_file():
+            uri = "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
+            parts.append(image(uri, p.stem, p.stem))
+    return "".join(parts) + "</div>"
+
+
+def _finetune_section(out: Path) -> str | None:
+    """The optional finetune stage: its summary."""
+    m = _read(out / "finetune" / "manifest.json")
+    if m is None:
+        return None
+    summary = m.get("summary", {})
+    rows = [[k, _fmt(v) if isinstance(v, float) else v] for k, v in summary.items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return "<p>The pretrained model fine-tuned by <code>mlscale finetune</code>.</p>" + table(["", ""], rows)
+
+
 def _samples_section(out: Path, cfg: dict[str, Any]) -> str | None:
     samples = _read(out / "generate" / "samples.json")
     if samples is None:
@@ -269,11 +302,13 @@ def _environment_section(out: Path, stages: Sequence[str]) -> str:
 
 def _config_section(config: dict[str, Any]) -> str:
     """The settings that differ from the defaults first, then the whole config."""
-    from mlscale.config import diff
+    from mlscale.config import diff, from_dict
+    from mlscale.finetune.config import FINETUNE_DEFAULTS
     from mlscale.experiment.config import ExperimentConfig
 
     rows = []
-    for line in diff(to_dict(ExperimentConfig()), config):
+    defaults = to_dict(from_dict(ExperimentConfig, {"finetune": FINETUNE_DEFAULTS}))
+    for line in diff(defaults, config):
         key, values = line.split(": ", 1)
         rows.append([key, values.split(" -> ", 1)[1], values.split(" -> ", 1)[0]])
     changed = (table(["setting", "value", "default"], rows) if rows
@@ -302,7 +337,9 @@ def build_run_report(out: str | Path, cfg: Any, stages: Sequence[str]) -> str:
     page.section("Stages", _cards(headline) + _stages_section(out, stages, state))
     for title, body in (("Curation", _curate_section(out)), ("Tokens", _tokens_section(out)),
                         ("Training", training), ("Evaluation", _evaluation_section(out)),
-                        ("Samples", _samples_section(out, config))):
+                        ("Samples", _samples_section(out, config)),
+                        ("Scaling law", _scaling_section(out)),
+                        ("Fine-tuning", _finetune_section(out))):
         if body is not None:
             page.section(title, body)
     page.section("Configuration", _config_section(config))
