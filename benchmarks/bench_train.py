@@ -9,6 +9,10 @@ kernel libraries are not counted).
 
     python benchmarks/bench_train.py                      # nanoGPT baby-GPT shape
     python benchmarks/bench_train.py --shape small        # a 6x384 model, context 256
+    python benchmarks/bench_train.py --compile            # both under torch.compile
+
+Eager is what `mlscale pretrain` runs on a CPU by default (train.compile=false); with
+--compile both models are compiled (inductor's C++ backend; a minute of compiling).
 
 GPU (--gpu): a GPT-2-small-sized model (12 layers, width 768, 12 heads, context 1024,
 vocab 50304) in bf16 autocast with torch.compile, through mlscale's own training step
@@ -165,7 +169,7 @@ def measure_memory(which: str, shape_name: str, steps: int = 3) -> float | None:
     return None
 
 
-def bench_cpu(shape_name: str, rounds: int, steps: int, warmup: int) -> None:
+def bench_cpu(shape_name: str, rounds: int, steps: int, warmup: int, compile_: bool = False) -> None:
     shape = SHAPES[shape_name]
     cfg = model_config(shape)
     device = torch.device("cpu")
@@ -174,9 +178,10 @@ def bench_cpu(shape_name: str, rounds: int, steps: int, warmup: int) -> None:
     n_ours = sum(p.numel() for p in models["ours"].parameters())
     n_hf = sum(p.numel() for p in models["transformers"].parameters())
     assert n_ours == n_hf, f"shapes differ: {n_ours} vs {n_hf} parameters"
-    steps_fn = {w: make_step(w, m, device, torch.float32) for w, m in models.items()}
+    steps_fn = {w: make_step(w, torch.compile(m) if compile_ else m, device, torch.float32)
+                for w, m in models.items()}
     times: dict[str, list[float]] = {w: [] for w in models}
-    for w in models:  # warm up allocator and kernels
+    for w in models:  # warm up allocator and kernels (and compile)
         for i in range(warmup):
             steps_fn[w](*batch(shape, device, i))
     for r in range(rounds):
@@ -193,8 +198,9 @@ def bench_cpu(shape_name: str, rounds: int, steps: int, warmup: int) -> None:
     ratio = med["transformers"] / med["ours"]
     print(f"\n## Training step on CPU: {shape_name} shape ({cfg.n_layer} layers, width {cfg.d_model}, "
           f"{cfg.n_head} heads, context {cfg.seq_len}, batch {shape['batch']}, vocab {cfg.vocab_size}, "
-          f"fp32, {torch.get_num_threads()} threads, {n_ours / 1e6:.2f}M parameters)\n")
-    print("| model | median step (ms) | tokens/s | peak memory (MB) |")
+          f"fp32, {'torch.compile' if compile_ else 'eager'}, {torch.get_num_threads()} threads, "
+          f"{n_ours / 1e6:.2f}M parameters)\n")
+    print("| model | median step (ms) | tokens/s | peak memory (MB, eager) |")
     print("|---|---:|---:|---:|")
     for w in models:
         m = f"{mem[w]:.0f}" if mem[w] is not None else "n/a"
@@ -326,6 +332,7 @@ def main() -> int:
                    help="GPU batch size (64: ~41 GiB for ours, fits an 80 GB H100)")
     p.add_argument("--no-peer", action="store_true", help="GPU: skip transformers")
     p.add_argument("--no-compile", action="store_true", help="GPU: eager mode")
+    p.add_argument("--compile", action="store_true", help="CPU: compile both models")
     p.add_argument("--device", default="cuda", help="GPU mode's device (cpu: a dry run of the code path)")
     p.add_argument("--memory-of", choices=("ours", "transformers"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -340,7 +347,7 @@ def main() -> int:
             traceback.print_exc()
             print("\nthe GPU benchmark failed; see the traceback above")
         return 0
-    bench_cpu(args.shape or "baby", args.rounds, args.steps or 20, args.warmup or 5)
+    bench_cpu(args.shape or "baby", args.rounds, args.steps or 20, args.warmup or 5, args.compile)
     return 0
 
 

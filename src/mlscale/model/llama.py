@@ -14,6 +14,8 @@ activation checkpointing and torch.compile are applied from outside (`train/para
 When the projections are plain nn.Linear layers, q/k/v (and gate/up) run as one matrix
 multiply over their concatenated weights; LoRA, quantised or hooked layers (tensor
 parallelism) are called one by one instead. The parameters stay separate either way.
+In fp32 eager training on CPU those fused pieces (and RMSNorm) run through hand-written
+backward passes (`model/cpu_fused.py`); everywhere else autograd of the code below.
 
 Three attention paths share one `scaled_dot_product_attention` call:
 - training / scoring: `is_causal=True`, no mask tensor (the fused kernels' fast path);
@@ -31,36 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlscale.model import cpu_fused
 from mlscale.model.config import ModelConfig
 
 
 # ----------------------------------------------------------------------------- norms
-class _RMSNormFn(torch.autograd.Function):
-    """y = x / rms(x) * w with a hand-written backward.
-
-    Autograd of the composite (pow, mean, add, rsqrt, mul, mul) keeps six nodes and walks
-    the activation about twice as often; on CPU, where these small elementwise passes
-    are a large share of a step, the fused backward is ~25% faster. Same arithmetic as
-    transformers' LlamaRMSNorm in fp32, so logits match bit for bit.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
-        xhat = x * rstd
-        ctx.save_for_backward(xhat, rstd, weight)
-        return weight * xhat
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        xhat, rstd, weight = ctx.saved_tensors
-        grad_w = (grad * xhat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
-        g = grad * weight
-        # d/dx of x*rstd: rstd * (g - xhat * mean(g * xhat))
-        grad_x = (g - xhat * (g * xhat).mean(-1, keepdim=True)).mul_(rstd)
-        return grad_x, grad_w, None
-
-
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned gain (no mean subtraction, no bias)."""
 
@@ -71,8 +48,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype not in (torch.float16, torch.bfloat16):
-            if x.device.type == "cpu":
-                return _RMSNormFn.apply(x, self.weight, self.eps)
+            if cpu_fused.enabled(x):
+                return cpu_fused.rms_norm(x, self.weight, self.eps)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # low precision: normalise in fp32, cast back, then apply the gain (as transformers)
         return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
@@ -194,20 +171,25 @@ class Attention(nn.Module):
                 kv_cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
         H, KV, D = self.n_head, self.kv_heads, self.head_dim
-        if _plain(self.q_proj, self.k_proj, self.v_proj):
-            # one matmul for q, k and v instead of three (forward and backward) and one
-            # rotation for q and k together: fewer, larger kernels. The weights' concat
-            # is a small copy next to the activations, and its backward splits the grads.
-            w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-            qkv = F.linear(x, w).view(B, T, H + 2 * KV, D)
-            qk = apply_rotary(qkv[:, :, :H + KV], cos, sin)
-            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
+        plain = _plain(self.q_proj, self.k_proj, self.v_proj)
+        if plain and kv_cache is None and cpu_fused.enabled(x):  # hand-written backward
+            q, k, v = cpu_fused.qkv_rope(x, self.q_proj.weight, self.k_proj.weight,
+                                         self.v_proj.weight, cos, sin, H, KV)
         else:
-            q = apply_rotary(self.q_proj(x).view(B, T, H, D), cos, sin)
-            k = apply_rotary(self.k_proj(x).view(B, T, KV, D), cos, sin)
-            v = self.v_proj(x).view(B, T, KV, D)
-        # [B, heads, T, head_dim] views: SDPA takes strided inputs, no copies needed
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            if plain:
+                # one matmul for q, k and v instead of three (forward and backward) and one
+                # rotation for q and k together: fewer, larger kernels. The weights' concat
+                # is a small copy next to the activations; its backward splits the grads.
+                w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+                qkv = F.linear(x, w).view(B, T, H + 2 * KV, D)
+                qk = apply_rotary(qkv[:, :, :H + KV], cos, sin)
+                q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
+            else:
+                q = apply_rotary(self.q_proj(x).view(B, T, H, D), cos, sin)
+                k = apply_rotary(self.k_proj(x).view(B, T, KV, D), cos, sin)
+                v = self.v_proj(x).view(B, T, KV, D)
+            # [B, heads, T, head_dim] views: SDPA takes strided inputs, no copies needed
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -230,6 +212,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if _plain(self.gate_proj, self.up_proj, self.down_proj) and cpu_fused.enabled(x):
+            return cpu_fused.swiglu(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
         if _plain(self.gate_proj, self.up_proj):  # one matmul for both (see Attention)
             gate, up = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight))).chunk(2, dim=-1)
         else:

@@ -1,0 +1,128 @@
+"""The hand-written CPU backward passes against autograd of the composite model code."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlscale.model import cpu_fused
+from mlscale.model.config import ModelConfig
+from mlscale.model.llama import Llama, RotaryEmbedding, apply_rotary
+
+
+def rotary_tables(T: int, D: int, positions: torch.Tensor | None = None):
+    rope = RotaryEmbedding(D, 64, 10000.0).double()
+    return rope(0, T, positions)
+
+
+def composite_qkv(x, wq, wk, wv, cos, sin, H, KV):
+    """The reference: separate projections, rotate-half rotary, [B, heads, T, D]."""
+    B, T, _ = x.shape
+    D = wq.shape[0] // H
+    q = apply_rotary(F.linear(x, wq).view(B, T, H, D), cos, sin).transpose(1, 2)
+    k = apply_rotary(F.linear(x, wk).view(B, T, KV, D), cos, sin).transpose(1, 2)
+    v = F.linear(x, wv).view(B, T, KV, D).transpose(1, 2)
+    return q, k, v
+
+
+@pytest.mark.parametrize("H,KV", [(4, 4), (4, 2), (6, 1)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_qkv_rope_matches_composite_attention_and_gradients(H, KV, packed):
+    g = torch.Generator().manual_seed(H * 10 + KV)
+    B, T, C, D = 2, 7, 24, 8
+    x = torch.randn(B, T, C, dtype=torch.float64, generator=g, requires_grad=True)
+    ws = [torch.randn(n * D, C, dtype=torch.float64, generator=g, requires_grad=True) for n in (H, KV, KV)]
+    # packed examples rotate with per-row positions: [B, T, D] tables
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6]]) if packed else None
+    cos, sin = rotary_tables(T, D, positions)
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV != H)
+
+    ref = composite_qkv(x, *ws, cos, sin, H, KV)
+    fused = cpu_fused.qkv_rope(x, *ws, cos, sin, H, KV)
+    # v is returned as is; q and k in interleaved order, which attention cannot see
+    assert torch.allclose(fused[2], ref[2], atol=1e-12)
+    y_ref, y = attend(*ref), attend(*fused)
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    # permuting q and k channels the same way leaves every score q . k unchanged
+    scores = (fused[0] @ fused[1].repeat_interleave(H // KV, 1).transpose(-1, -2))
+    scores_ref = (ref[0] @ ref[1].repeat_interleave(H // KV, 1).transpose(-1, -2))
+    assert torch.allclose(scores, scores_ref, atol=1e-12)
+
+    gy = torch.randn(y.shape, dtype=y.dtype, generator=g)
+    grads_ref = torch.autograd.grad(y_ref, [x, *ws], gy)
+    grads = torch.autograd.grad(y, [x, *ws], gy)
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-11)
+
+
+def test_qkv_rope_passes_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    H, KV, D, C, T = 2, 1, 4, 6, 3
+    x = torch.randn(1, T, C, dtype=torch.float64, generator=g, requires_grad=True)
+    ws = [torch.randn(n * D, C, dtype=torch.float64, generator=g, requires_grad=True) for n in (H, KV, KV)]
+    cos, sin = rotary_tables(T, D)
+    assert torch.autograd.gradcheck(lambda *a: cpu_fused.qkv_rope(*a, cos, sin, H, KV), (x, *ws))
+
+
+def test_frozen_weights_get_no_gradient_and_input_still_does():
+    H, KV, D, C, T = 2, 2, 4, 8, 5
+    x = torch.randn(1, T, C, requires_grad=True)
+    ws = [torch.randn(n * D, C) for n in (H, KV, KV)]
+    q, k, v = cpu_fused.qkv_rope(x, *ws, *rotary_tables(T, D), H, KV)
+    (q.sum() + k.sum() + v.sum()).backward()
+    assert x.grad is not None and all(w.grad is None for w in ws)
+
+
+def test_swiglu_matches_composite_and_passes_gradcheck():
+    g = torch.Generator().manual_seed(1)
+    C, Fh = 6, 10
+    x = torch.randn(2, 3, C, dtype=torch.float64, generator=g, requires_grad=True)
+    wg, wu = (torch.randn(Fh, C, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    wd = torch.randn(C, Fh, dtype=torch.float64, generator=g, requires_grad=True)
+    ref = F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
+    out = cpu_fused.swiglu(x, wg, wu, wd)
+    assert torch.allclose(out, ref, atol=1e-12)
+    gy = torch.randn(out.shape, dtype=out.dtype, generator=g)
+    for a, b in zip(torch.autograd.grad(out, (x, wg, wu, wd), gy),
+                    torch.autograd.grad(ref, (x, wg, wu, wd), gy)):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradcheck(cpu_fused.swiglu, (x, wg, wu, wd))
+
+
+def test_rms_norm_matches_transformers_arithmetic_and_passes_gradcheck():
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    ref = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    assert torch.equal(cpu_fused.rms_norm(x, w, 1e-5), ref)
+    assert torch.autograd.gradcheck(lambda a, b: cpu_fused.rms_norm(a, b, 1e-5), (x, w))
+
+
+def test_enabled_only_for_fp32_cpu_eager():
+    x = torch.randn(2, 3)
+    assert cpu_fused.enabled(x)
+    assert not cpu_fused.enabled(x.double()) and not cpu_fused.enabled(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not cpu_fused.enabled(x)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+def test_model_training_step_equals_the_composite_path(monkeypatch, n_kv_head):
+    """Loss and every parameter gradient: fused kernels vs the plain autograd code."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=n_kv_head, d_model=32, seq_len=16, vocab_size=37)
+    model = Llama(cfg)
+    idx = torch.randint(0, 37, (3, 16))
+    tgt = torch.randint(0, 37, (3, 16))
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss = model(idx, tgt)[1]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused_loss, fused_grads = loss_and_grads()
+    monkeypatch.setattr(cpu_fused, "enabled", lambda x: False)
+    loss, grads = loss_and_grads()
+    assert torch.allclose(fused_loss, loss, atol=1e-6, rtol=0)
+    for name, grad in grads.items():
+        assert torch.allclose(fused_grads[name], grad, atol=1e-6, rtol=1e-5), name
