@@ -211,6 +211,26 @@ def bench_cpu(shape_name: str, rounds: int, steps: int, warmup: int, compile_: b
 
 
 # ------------------------------------------------------------------------------- GPU
+def time_steps(step_fn, warmup: int, steps: int, sync) -> float:
+    """Median seconds per step of `step_fn(i)` after `warmup` steps (compilation).
+
+    Steps are timed in blocks of 5 with one device sync at the end of each, so the host
+    work of one step may overlap the device work of the previous one as in a real run.
+    """
+    for i in range(warmup):
+        step_fn(i)
+    sync()
+    block = 5
+    times = []
+    for b in range(max(1, steps // block)):
+        t0 = time.perf_counter()
+        for i in range(block):
+            step_fn(warmup + b * block + i)
+        sync()
+        times.append((time.perf_counter() - t0) / block)
+    return statistics.median(times)
+
+
 def bench_gpu(batch_size: int, steps: int, warmup: int, peer: bool, compile_: bool,
               device_str: str = "cuda", shape_name: str = "gpt2") -> None:
     import numpy as np
@@ -248,20 +268,7 @@ def bench_gpu(batch_size: int, steps: int, warmup: int, peer: bool, compile_: bo
     def run(label: str, model: nn.Module, step_fn) -> None:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        for i in range(warmup):
-            step_fn(i)
-        sync()
-        # time blocks of steps with one sync at the end of each, so host work of one step
-        # may overlap the device work of the previous one as in a real run; median per step
-        block = 5
-        times = []
-        for b in range(max(1, steps // block)):
-            t0 = time.perf_counter()
-            for i in range(block):
-                step_fn(warmup + b * block + i)
-            sync()
-            times.append((time.perf_counter() - t0) / block)
-        med = statistics.median(times)
+        med = time_steps(step_fn, warmup, steps, sync)
         tok_s = tokens / med
         fpt = Llama.flops_per_token(ours_ref, cfg.model.seq_len)
         mfu = f"{fpt * tok_s / peak * 100:.1f}%" if peak else "n/a"

@@ -108,3 +108,46 @@ def test_resume_refuses_another_global_batch(tokens, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "global batch of 8" in r.stderr and "--train.batch_size=8" in r.stderr
+
+
+ONE_RANK_FSDP = r"""
+import json, sys, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from mlscale.model.config import ModelConfig
+from mlscale.model.llama import Llama
+from mlscale.train.config import ParallelConfig
+from mlscale.train.parallel import DistEnv, apply_data_parallel
+from torch.distributed.tensor import DTensor
+
+dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:" + sys.argv[1])
+env = DistEnv(mesh=init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp", "tp")))
+cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=16, vocab_size=40)
+g = torch.Generator().manual_seed(0)
+batches = [torch.randint(0, 40, (4, 17), generator=g) for _ in range(3)]
+curves = {}
+for name in ("plain", "fsdp"):
+    torch.manual_seed(0)
+    model = Llama(cfg)
+    run = apply_data_parallel(model, ParallelConfig(strategy="fsdp"), env) if name == "fsdp" else model
+    sharded = all(isinstance(p, DTensor) for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for b in batches:
+        loss = run(b[:, :-1], b[:, 1:])[1]
+        loss.backward(); opt.step(); opt.zero_grad()
+        losses.append(loss.item())
+    curves[name] = {"losses": losses, "dtensors": sharded}
+print(json.dumps(curves))
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp_on_a_one_rank_mesh_wraps_and_trains_like_the_plain_model():
+    """bench_gpu_scale.py measures FSDP on one GPU: a one-rank dp mesh must still wrap."""
+    r = subprocess.run([sys.executable, "-c", ONE_RANK_FSDP, str(_free_port())],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    curves = json.loads(r.stdout.strip().splitlines()[-1])
+    assert curves["fsdp"]["dtensors"] and not curves["plain"]["dtensors"]
+    for a, b in zip(curves["plain"]["losses"], curves["fsdp"]["losses"]):
+        assert abs(a - b) < 1e-5

@@ -195,9 +195,12 @@ def apply_data_parallel(model: nn.Module, cfg: ParallelConfig, env: DistEnv,
     DDP returns a wrapper (its `.module` is the model); FSDP2 shards in place and returns
     the model itself.
     """
-    if env.dp_size == 1 and env.tp == 1:
-        return model
+    if env.mesh is None:
+        return model  # one process, no device mesh: nothing to wrap
     if cfg.strategy == "fsdp":
+        # also on a dp mesh of one rank (tensor parallel alone; bench_gpu_scale.py): nothing
+        # to shard then, but every parameter is a DTensor, kept in fp32 and gathered in
+        # `param_dtype` block by block
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) \
