@@ -7,7 +7,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: venv run test bench clean
+.PHONY: venv run test bench bench-gpu clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ bench: venv
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_dedup.py
+
+bench-gpu: venv  # on a CUDA machine (install its torch with `make TORCH=torch venv`)
+	$(BIN)/python benchmarks/bench_train.py --gpu
+	$(BIN)/python benchmarks/bench_gpu_scale.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
