@@ -63,6 +63,16 @@ DRY_LARGEST = [("tiny-1", 2, 64, 4), ("tiny-2", 3, 96, 4)]
 # ------------------------------------------------------------------------ one measurement
 def one_run(spec: dict) -> dict:
     """Train the model of `spec` for a few steps in this process; return its figures."""
+    import torch.distributed as dist
+
+    try:
+        return _train_and_time(spec)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train_and_time(spec: dict) -> dict:
     import numpy as np
 
     from mlscale.config import from_dict
@@ -138,6 +148,25 @@ def params_of(layers: int, width: int, heads: int, vocab: int) -> int:
                                  seq_len=1024)).num_params()
 
 
+OOM = "out of memory"
+
+
+def _out_of_memory(stderr: str) -> bool:
+    return any(m in stderr for m in ("out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED"))
+
+
+def _text(b: bytes | str | None) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+
+def total_memory_gib() -> float:
+    """The GPU's memory, asked in a child process: a CUDA context in this parent would
+    hold memory the measured children could not use."""
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_properties(0)"
+                          ".total_memory / 2 ** 30)"], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,19 +176,25 @@ def _free_port() -> int:
 def measure(spec: dict, timeout: int, out: Path | None) -> dict:
     """`one_run(spec)` in a fresh subprocess; an error or timeout becomes the result."""
     spec = dict(spec, port=_free_port())
+    # fewer fragmentation failures near the memory limit: the boundary is the model's
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", **os.environ}
     t0 = time.time()
     try:
-        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], env=env,
                               capture_output=True, text=True, timeout=timeout)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode == 0 and lines:
-            result = json.loads(lines[-1])
-        else:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            oom = "out of memory" in proc.stderr.lower() or "OutOfMemoryError" in proc.stderr
-            result = {**spec, "error": "out of memory" if oom else tail[0][:300]}
-    except subprocess.TimeoutExpired:
-        result = {**spec, "error": f"timed out after {timeout} s"}
+        stdout, stderr, failed = proc.stdout, proc.stderr, None
+    except subprocess.TimeoutExpired as e:
+        stdout, stderr = _text(e.stdout), _text(e.stderr)
+        failed = f"timed out after {timeout} s"
+    # a result printed before a failure at shutdown (NCCL teardown) still counts
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    if lines:
+        result = json.loads(lines[-1])
+    elif failed is None and _out_of_memory(stderr):
+        result = {**spec, "error": OOM}
+    else:
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+        result = {**spec, "error": failed or tail[0][:300]}
     result["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps(result), flush=True)
     if out is not None:
@@ -225,7 +260,9 @@ def main() -> int:
     seq = 32 if args.dry_run else 1024
     vocab = 512 if args.dry_run else VOCAB
     parts = {p.strip() for p in args.parts.split(",")}
+    print(f"torch {torch.__version__}", flush=True)
     tables = []
+    measured: list[dict] = []
     if "throughput" in parts:
         results = []
         for name, layers, width, heads, batch in (DRY_THROUGHPUT if args.dry_run else THROUGHPUT):
@@ -234,6 +271,7 @@ def main() -> int:
                     part="throughput", name=name, layers=layers, width=width, heads=heads, batch=batch,
                     seq_len=seq, vocab=vocab, ac=ac, compile=not args.no_compile, fsdp=False,
                     device=device, steps=args.steps, warmup=args.warmup), args.timeout, args.out))
+        measured += results
         tables.append("## Throughput on one GPU: bf16, "
                       f"{'eager' if args.no_compile else 'torch.compile'}\n\n" + throughput_table(results))
     if "largest" in parts:
@@ -242,7 +280,7 @@ def main() -> int:
         if args.start:
             candidates = candidates[[c[0] for c in candidates].index(args.start):]
         elif not args.dry_run:
-            budget = args.budget_gib or torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            budget = args.budget_gib or total_memory_gib()
             sizes = [params_of(layers, width, heads, vocab) for _, layers, width, heads in candidates]
             first = max([i for i, n in enumerate(sizes) if 16 * n / 2 ** 30 <= 0.6 * budget], default=0)
             candidates = candidates[first:]
@@ -253,13 +291,23 @@ def main() -> int:
             results.append(r)
             if "error" in r:
                 break
+        measured += results
         fits = [r for r in results if "error" not in r]
-        verdict = (f"largest that trains: **{fits[-1]['name']}** ({fits[-1]['params'] / 1e9:.2f}B parameters)"
-                   if fits else "none of the candidates trained")
+        stop = results[-1].get("error") if results else None
+        if not fits:
+            verdict = "none of the candidates trained"
+        else:
+            verdict = (f"largest that trains: **{fits[-1]['name']}** ({fits[-1]['params'] / 1e9:.2f}B "
+                       "parameters)")
+            if stop is None:
+                verdict += "; every candidate trained, so the limit is higher"
+            elif stop != OOM:
+                verdict += f"; the next one failed for another reason than memory ({stop}): not a limit"
         tables.append("## Largest model with FSDP + full activation checkpointing on one GPU "
                       "(bf16, eager, batch 1 x context)\n\n" + largest_table(results) + "\n\n" + verdict)
-    name = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name(0)
-    print(f"\n# {name}\n")
+    names = {r["device"] for r in measured if "device" in r}
+    name = "CPU (dry run)" if args.dry_run else ", ".join(sorted(names)) or "GPU"
+    print(f"\n# {name}, torch {torch.__version__}\n")
     print("\n\n".join(tables))
     return 0
 

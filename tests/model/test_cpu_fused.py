@@ -126,3 +126,42 @@ def test_model_training_step_equals_the_composite_path(monkeypatch, n_kv_head):
     assert torch.allclose(fused_loss, loss, atol=1e-6, rtol=0)
     for name, grad in grads.items():
         assert torch.allclose(fused_grads[name], grad, atol=1e-6, rtol=1e-5), name
+
+
+def test_training_after_an_inference_mode_forward():
+    """The cached row order must not be created as an inference tensor."""
+    cpu_fused._interleaving_rows.cache_clear()
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=11))
+    idx = torch.randint(0, 11, (2, 8))
+    with torch.inference_mode():
+        model(idx)
+    model(idx, idx)[1].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_gradients_with_odd_storage_offsets_reach_the_complex_views():
+    x = torch.randn(1, 3, 8, requires_grad=True)
+    ws = [torch.randn(2 * 4, 8), torch.randn(4, 8), torch.randn(4, 8)]
+    q, k, v = cpu_fused.qkv_rope(x, *ws, *rotary_tables(3, 4), 2, 1)
+    # a gradient that is a view at an odd offset into a bigger buffer
+    gq = torch.randn(1 + q.numel())[1:].view(q.shape)
+    assert gq.storage_offset() % 2 == 1
+    (gx,) = torch.autograd.grad((q, k, v), x, (gq, torch.zeros_like(k), torch.zeros_like(v)))
+    ref_q = composite_qkv(x, *ws, *rotary_tables(3, 4), 2, 1)[0]
+    # the interleaved q differs from rotate-half q by a channel permutation per head
+    rows = cpu_fused._interleaving_rows(2, 1, 4)[:8]
+    perm = rows.view(2, 4) - torch.arange(2)[:, None] * 4
+    gq_ref = torch.empty_like(gq)
+    for h in range(2):
+        gq_ref[:, h, :, perm[h]] = gq[:, h]
+    (gx_ref,) = torch.autograd.grad(ref_q, x, gq_ref)
+    assert torch.allclose(gx, gx_ref, atol=1e-5)
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(cpu_fused.rms_norm(x, w, 1e-5).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()

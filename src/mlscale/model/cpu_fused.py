@@ -15,8 +15,9 @@ fills, no concatenations.
 
 `llama.py` calls them only on CPU in fp32 eager mode (`enabled(x)`) with plain
 nn.Linear weights; GPUs, torch.compile (which fuses these itself), autocast, LoRA,
-quantised and tensor-parallel layers take the composite path. Tests check each one
-against autograd of the composite, and the whole model against transformers.
+quantised and tensor-parallel layers take the composite path. The backward passes are
+not themselves differentiable (no second derivatives). Tests check each function against
+autograd of the composite, and the whole model against transformers.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import functools
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def enabled(x: Tensor) -> bool:
@@ -44,6 +46,7 @@ class _RMSNorm(torch.autograd.Function):
         return weight * xhat
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         xhat, rstd, weight = ctx.saved_tensors
         grad_w = (grad * xhat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
@@ -67,16 +70,27 @@ def _interleaving_rows(n_head: int, kv_heads: int, head_dim: int) -> Tensor:
     complex multiply instead of eight half-width ops. Attention only sees dot products
     q . k, which the same permutation of both leaves unchanged, so it is never undone.
     """
-    half = head_dim // 2
-    within = torch.stack((torch.arange(half), torch.arange(half) + half), dim=-1).flatten()
-    qk = (torch.arange(n_head + kv_heads)[:, None] * head_dim + within).flatten()
-    v = torch.arange((n_head + kv_heads) * head_dim, (n_head + 2 * kv_heads) * head_dim)
-    return torch.cat((qk, v))
+    # cached for the life of the process: it must not become an inference tensor when
+    # the first call happens under torch.inference_mode (backward could not save it)
+    with torch.inference_mode(False):
+        half = head_dim // 2
+        within = torch.stack((torch.arange(half), torch.arange(half) + half), dim=-1).flatten()
+        qk = (torch.arange(n_head + kv_heads)[:, None] * head_dim + within).flatten()
+        v = torch.arange((n_head + kv_heads) * head_dim, (n_head + 2 * kv_heads) * head_dim)
+        return torch.cat((qk, v))
 
 
 def _complex(x: Tensor) -> Tensor:
     """[..., D] real with interleaved pairs -> [..., D/2] complex view of the same memory."""
     return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+
+
+def _complex_viewable(x: Tensor) -> Tensor:
+    """x itself, or a copy where a complex view needs one: unit last stride, and an even
+    storage offset and even other strides (an incoming gradient may be expanded, or a
+    view torch calls contiguous with odd strides on size-1 dimensions)."""
+    even = x.storage_offset() % 2 == 0 and all(st % 2 == 0 for st in x.stride()[:-1])
+    return x if x.stride(-1) == 1 and even else x.clone(memory_format=torch.contiguous_format)
 
 
 def _rotations(cos: Tensor, sin: Tensor) -> Tensor:
@@ -114,6 +128,7 @@ class _QKVRope(torch.autograd.Function):
         return q, k, v
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gq: Tensor, gk: Tensor, gv: Tensor):
         x, w, rows, rot = ctx.saved_tensors
         H, KV = ctx.heads
@@ -122,8 +137,7 @@ class _QKVRope(torch.autograd.Function):
         g = x.new_empty(B, T, H + 2 * KV, D)
         # a rotation's gradient is the inverse rotation: multiply by the conjugate
         back = rot.conj()
-        # complex views need unit stride in the last dim (an expanded grad has stride 0)
-        gq, gk = gq.contiguous(), gk.contiguous()
+        gq, gk = _complex_viewable(gq), _complex_viewable(gk)
         torch.mul(_complex(gq.transpose(1, 2)), back, out=_complex(g[:, :, :H]))
         torch.mul(_complex(gk.transpose(1, 2)), back, out=_complex(g[:, :, H:H + KV]))
         g[:, :, H + KV:].copy_(gv.transpose(1, 2))
@@ -163,6 +177,7 @@ class _SwiGLU(torch.autograd.Function):
         return torch.mm(a, wd.t()).view(*shape[:-1], wd.shape[0])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         x2, w, wd, h, act, a = ctx.saved_tensors
         F_ = act.shape[1]
