@@ -47,18 +47,13 @@ def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 256, tempera
     import torch
 
     from mlscale.errors import ConfigError
-    from mlscale.evaluate.sampling import generate
+    from mlscale.evaluate.sampling import check_sampling, generate
     from mlscale.train.checkpoint import load_run
     from mlscale.train.device import resolve_device
 
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_k, top_p, flags=True)
     dev = resolve_device(device)
     loaded = load_run(run_dir, step=step, device=dev)
     tok = loaded.tokenizer

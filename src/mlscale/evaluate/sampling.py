@@ -14,13 +14,18 @@ from torch import Tensor
 from mlscale.errors import ConfigError
 
 
-def _check(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
+                   flags: bool = False) -> None:
+    """Refuse sampling settings outside their ranges; `flags` names them as CLI flags."""
+    def name(key: str) -> str:
+        return "--" + key.replace("_", "-") if flags else key
+
     if temperature < 0:
-        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        raise ConfigError(f"{name('temperature')} must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        raise ConfigError(f"{name('top_k')} must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"{name('top_p')} must be in (0, 1], got {top_p}")
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -30,7 +35,7 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
     likely tokens whose probability sums to at least top_p; the most likely token is
     always kept. Both filters may be combined (top-k first, as transformers does).
     """
-    _check(1.0, top_k, top_p)
+    check_sampling(1.0, top_k, top_p)
     out = logits
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
@@ -51,7 +56,7 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
 def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """One token per row of `logits` [B, vocab] -> [B]; temperature 0 is greedy (argmax)."""
-    _check(temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
     filtered = filter_logits(logits.float() / temperature, top_k, top_p)
@@ -77,7 +82,7 @@ def generate(
     (on the model's device) makes sampling reproducible. With `eos_id`, a row that has
     produced eos keeps producing eos, and decoding stops once every row has.
     """
-    _check(temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p)
     if idx.ndim != 2 or idx.shape[1] == 0:
         raise ValueError(f"prompt ids must be [batch, length>0], got shape {tuple(idx.shape)}")
     if max_new_tokens <= 0:

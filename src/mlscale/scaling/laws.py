@@ -39,6 +39,14 @@ HOFFMANN_FIT: dict[str, float] = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.
 
 # ------------------------------------------------------------------------ numba kernels
 @numba.njit(cache=True)
+def _huber(r: float, delta: float) -> tuple[float, float]:
+    """Huber loss of residual r and its derivative d/dr: quadratic inside |r| <= delta."""
+    if abs(r) <= delta:
+        return 0.5 * r * r, r
+    return delta * (abs(r) - 0.5 * delta), (delta if r > 0 else -delta)
+
+
+@numba.njit(cache=True)
 def _chinchilla_objective(theta: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray,
                           w: np.ndarray, delta: float, grad: np.ndarray) -> float:
     """Summed Huber(log L - LSE(e, a - alpha x, b - beta y)); gradient into `grad`.
@@ -60,13 +68,8 @@ def _chinchilla_objective(theta: np.ndarray, x: np.ndarray, y: np.ndarray, t: np
         e3 = math.exp(e - m)
         s = e1 + e2 + e3
         r = t[i] - (m + math.log(s))
-        ar = abs(r)
-        if ar <= delta:
-            f += w[i] * 0.5 * r * r
-            d = r
-        else:
-            f += w[i] * delta * (ar - 0.5 * delta)
-            d = delta if r > 0 else -delta
+        h, d = _huber(r, delta)
+        f += w[i] * h
         c = -w[i] * d / s  # d f / d pred, divided by s so that c * e_k = dpred/du_k * df/dpred
         grad[0] += c * e3
         grad[1] += c * e1
@@ -98,13 +101,8 @@ def _kaplan_objective(theta: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.nda
         p1 = e1 / s
         p2 = e2 / s
         r = t[i] - ad * lse
-        ar = abs(r)
-        if ar <= delta:
-            f += w[i] * 0.5 * r * r
-            d = r
-        else:
-            f += w[i] * delta * (ar - 0.5 * delta)
-            d = delta if r > 0 else -delta
+        h, d = _huber(r, delta)
+        f += w[i] * h
         c = -w[i] * d  # d f / d pred
         grad[0] += c * an * p1
         grad[1] += c * ad * p2
