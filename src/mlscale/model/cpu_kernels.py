@@ -1,0 +1,157 @@
+"""Fused CPU kernels for RMSNorm and SwiGLU, compiled on first use, with a PyTorch fallback.
+
+`cpu_kernels.cpp` does each elementwise piece of the block in one pass over memory; it is
+built once per machine with the C++ compiler PyTorch extensions use (cached under
+torch's extension directory, about 15 s) and loaded as `torch.ops.mlscale`. Where no
+compiler is found, or with MLSCALE_CPU_KERNELS=0, the functions below compute the same
+arithmetic with PyTorch ops (slower: several passes each), after one warning.
+
+    rms_norm_forward(x, w, eps)        -> y, rstd   (native: y given rstd)
+    rms_norm_backward(grad, x, rstd, w) -> grad_x, grad_w
+    swiglu_forward(h)                  -> a = silu(gate) * up, sigmoid(gate)   (h = [gate | up])
+    swiglu_backward(grad_a, h, sig)    -> grad_h
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+
+
+def _compiler_flags() -> list[str]:
+    # AVX2/FMA code only where torch itself runs AVX2 or better; no -march=native, so a
+    # build cached in a home directory shared by a cluster's nodes runs on all of them
+    capability = torch.backends.cpu.get_cpu_capability()
+    vector = ["-mavx2", "-mfma"] if capability.startswith("AVX") else []
+    # -fno-trapping-math lets the compiler vectorise clamps (results are unchanged);
+    # -ffp-contract=off keeps a * b + c two roundings, as in PyTorch's own kernels
+    return ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp", *vector]
+
+
+def _put_ninja_on_path() -> None:
+    """torch builds with the `ninja` command; the pip package's binary sits in the venv,
+    which is not on PATH when the venv's python is run without activating it."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    bin_dir = getattr(ninja, "BIN_DIR", None)
+    if bin_dir and bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+@functools.cache
+def native() -> Any | None:
+    """`torch.ops.mlscale` with the compiled kernels, or None where they cannot be built."""
+    if os.environ.get("MLSCALE_CPU_KERNELS", "1") == "0":
+        return None
+    try:
+        from torch.utils.cpp_extension import get_default_build_root, load
+
+        name = f"mlscale_cpu_kernels_{torch.backends.cpu.get_cpu_capability().lower()}"
+        # one build per Python and torch version: a build against another torch's ABI
+        # would not load (TORCH_EXTENSIONS_DIR moves the root)
+        build = (Path(get_default_build_root()) / "mlscale"
+                 / f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}" / name)
+        build.mkdir(parents=True, exist_ok=True)
+        _put_ninja_on_path()
+        if not (build / f"{name}.so").exists():
+            print("mlscale: compiling the fused CPU kernels (once per machine, ~15 s)", file=sys.stderr, flush=True)
+        load(name=name, sources=[str(SOURCE)], build_directory=str(build), extra_cflags=_compiler_flags(),
+             extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+        return torch.ops.mlscale
+    except Exception as exc:  # no compiler, no ninja, a failed build: fall back, say so once
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        warnings.warn(f"mlscale: could not build the fused CPU kernels ({first}); training on CPU uses "
+                      "PyTorch ops instead, about 10% slower. Install a C++ compiler (g++) and ninja "
+                      "to get them, or set MLSCALE_CPU_KERNELS=0 to silence this.", stacklevel=2)
+        return None
+
+
+# ----------------------------------------------------------------------------- RMSNorm
+def rms_norm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """y = weight * (x * rstd) with rstd = 1 / sqrt(mean(x^2) + eps) per row; (y, rstd [rows])."""
+    # rstd with exactly transformers' ops: PyTorch's float mean and rsqrt round differently
+    # from a plain loop and 1/sqrt, and the export-parity test allows 1e-5 on logits
+    rstd = torch.rsqrt(x.pow(2).mean(-1).add_(eps))
+    ops = native()
+    if ops is not None and x.dtype == torch.float32:
+        return ops.rms_norm_scale(x, weight, rstd).view(x.shape), rstd.reshape(-1)
+    return weight * (x * rstd.unsqueeze(-1)), rstd.reshape(-1)
+
+
+def rms_norm_backward(grad: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of `rms_norm_forward` for x and weight."""
+    ops = native()
+    if ops is not None and x.dtype == torch.float32:
+        grad_x, grad_w = ops.rms_norm_backward(grad, x, rstd, weight)
+        return grad_x.view(x.shape), grad_w
+    r = rstd.view(*x.shape[:-1], 1)
+    xhat = x * r
+    grad_w = (grad * xhat).flatten(0, -2).sum(0)
+    g = grad * weight
+    grad_x = (g - xhat * (g * xhat).mean(-1, keepdim=True)).mul_(r)
+    return grad_x, grad_w
+
+
+# ------------------------------------------------------------------------------ SwiGLU
+def swiglu_forward(h: Tensor) -> tuple[Tensor, Tensor]:
+    """h = [gate | up] rows [N, 2F] -> (silu(gate) * up, sigmoid(gate)), each [N, F]."""
+    ops = native()
+    if ops is not None and h.dtype == torch.float32:
+        return ops.swiglu_forward(h)
+    gate, up = h.chunk(2, dim=-1)
+    sig = torch.sigmoid(gate)
+    return gate * sig * up, sig
+
+
+def swiglu_backward(grad: Tensor, h: Tensor, sig: Tensor) -> Tensor:
+    """Gradient of `swiglu_forward`'s first output for h, given its gradient [N, F]."""
+    ops = native()
+    if ops is not None and h.dtype == torch.float32:
+        return ops.swiglu_backward(grad, h, sig)
+    gate, up = h.chunk(2, dim=-1)
+    return torch.cat((grad * up * (sig * (1 + gate * (1 - sig))), grad * (gate * sig)), dim=-1)
+
+
+# ------------------------------------------------------------------------------ rotary
+def _rotary_tables(cos: Tensor, sin: Tensor, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """[(B,) T, D] tables -> halves (cos1, cos2, sin1, sin2), each [(B,) T, 1, D/2]."""
+    c, s = cos.to(dtype).unsqueeze(-2), sin.to(dtype).unsqueeze(-2)
+    return (*c.chunk(2, dim=-1), *s.chunk(2, dim=-1))
+
+
+def qkv_rope_forward(qkv: Tensor, cos: Tensor, sin: Tensor, n_head: int,
+                     kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """qkv [B, T, n_head + 2 kv_heads, D] -> rotated q [B, H, T, D], rotated k and v [B, KV, T, D].
+
+    Rotate-half rotary (transformers' layout) with tables cos/sin [T, D] or [B, T, D].
+    """
+    ops = native()
+    if ops is not None and qkv.dtype == torch.float32:
+        return ops.qkv_rope_forward(qkv, cos, sin, n_head, kv_heads)
+    H, KV = n_head, kv_heads
+    c1, c2, s1, s2 = _rotary_tables(cos, sin, qkv.dtype)
+    x1, x2 = qkv[:, :, :H + KV].chunk(2, dim=-1)
+    qk = torch.cat((x1 * c1 - x2 * s1, x2 * c2 + x1 * s2), dim=-1)
+    return tuple(part.transpose(1, 2).contiguous() for part in (qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]))
+
+
+def qkv_rope_backward(grad_q: Tensor, grad_k: Tensor, grad_v: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Gradient of `qkv_rope_forward` for qkv: [B, T, n_head + 2 kv_heads, D]."""
+    ops = native()
+    if ops is not None and grad_q.dtype == torch.float32:
+        return ops.qkv_rope_backward(grad_q, grad_k, grad_v, cos, sin)
+    c1, c2, s1, s2 = _rotary_tables(cos, sin, grad_q.dtype)
+    g1, g2 = torch.cat((grad_q, grad_k), dim=1).transpose(1, 2).chunk(2, dim=-1)
+    # a rotation's gradient is the inverse rotation
+    gqk = torch.cat((g1 * c1 + g2 * s2, g2 * c2 - g1 * s1), dim=-1)
+    return torch.cat((gqk, grad_v.transpose(1, 2)), dim=2)
