@@ -40,15 +40,17 @@ class _RMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        y, rstd = cpu_kernels.rms_norm_forward(x, weight, eps)
-        ctx.save_for_backward(x, rstd, weight)
-        return y
+        # PyTorch's own RMSNorm gives transformers' fp32 result bit for bit (its float mean
+        # and rsqrt round differently from a loop and 1/sqrt; export parity allows 1e-5)
+        ctx.save_for_backward(x, weight)
+        ctx.eps = eps
+        return torch.nn.functional.rms_norm(x, weight.shape, weight, eps)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, rstd, weight = ctx.saved_tensors
-        grad_x, grad_w = cpu_kernels.rms_norm_backward(grad, x, rstd, weight)
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w = cpu_kernels.rms_norm_backward(grad, x, weight, ctx.eps)
         return grad_x, grad_w if ctx.needs_input_grad[1] else None, None
 
 

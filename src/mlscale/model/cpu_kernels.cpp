@@ -1,10 +1,11 @@
 // Fused CPU kernels for the elementwise parts of a Llama block in fp32 training.
 //
-// PyTorch runs RMSNorm as six elementwise passes forward and eight backward, and SwiGLU's
-// activation as silu, a multiply, and in backward a silu_backward that evaluates the
-// exponential again. On a CPU, where the matrix multiplies already run near peak, those
-// passes over memory are what is left to save: each kernel here reads its inputs once
-// and writes its outputs once. `cpu_kernels.py` builds this file on first use (cached)
+// Autograd runs RMSNorm's backward as eight elementwise passes, SwiGLU's activation as
+// silu, a multiply, and in backward a silu_backward that evaluates the exponential again,
+// and rotate-half rotary as eight half-width passes and a concatenation. On a CPU, where
+// the matrix multiplies already run near peak, those passes over memory are what is left
+// to save: each kernel here reads its inputs once and writes its outputs once.
+// `cpu_kernels.py` builds this file on first use (cached)
 // and holds the same arithmetic in PyTorch ops, for machines without a compiler and as
 // the reference the tests compare against.
 #include <ATen/Functions.h>
@@ -54,30 +55,20 @@ inline __attribute__((always_inline)) float exp_f32(float x) {
 // parallel_for lambdas, whose captures are references, the compiler must assume every
 // float store may change them and reloads them in the inner loops (3x slower).
 
-// y = w * (x * rstd) with rstd given per row: transformers' LlamaRMSNorm in fp32 (rstd
-// comes from PyTorch's own mean and rsqrt, whose rounding a loop here would not match).
-void rms_norm_scale_rows(const float* x, const float* w, const float* rstd, float* y, int64_t begin, int64_t end,
-                         int64_t C) {
-  for (int64_t i = begin; i < end; ++i) {
-    const float* xr = x + i * C;
-    float* yr = y + i * C;
-    const float r = rstd[i];
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = w[c] * (xr[c] * r);
-  }
-}
-
-// With xhat = x * rstd and g' = grad * w: dx = rstd * (g' - xhat * mean(g' * xhat)), and
-// grad_w (this thread's partial sum over its rows) += grad * xhat.
-void rms_norm_backward_rows(const float* grad, const float* x, const float* w,
-                            const float* rstd, float* grad_x, float* grad_w,
-                            int64_t begin, int64_t end, int64_t C) {
+// With rstd = 1 / sqrt(mean(x^2) + eps), xhat = x * rstd and g' = grad * w:
+// dx = rstd * (g' - xhat * mean(g' * xhat)), and grad_w (this thread's partial sum over
+// its rows) += grad * xhat. rstd is recomputed from the row of x, which is read anyway.
+void rms_norm_backward_rows(const float* grad, const float* x, const float* w, float eps, float* grad_x,
+                            float* grad_w, int64_t begin, int64_t end, int64_t C) {
   const float inv_c = 1.f / static_cast<float>(C);
   for (int64_t i = begin; i < end; ++i) {
     const float* gr = grad + i * C;
     const float* xr = x + i * C;
     float* out = grad_x + i * C;
-    const float r = rstd[i];
+    float sum_sq = 0.f;
+#pragma omp simd reduction(+ : sum_sq)
+    for (int64_t c = 0; c < C; ++c) sum_sq += xr[c] * xr[c];
+    const float r = 1.f / std::sqrt(sum_sq * inv_c + eps);
     float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
     for (int64_t c = 0; c < C; ++c) {
@@ -192,44 +183,27 @@ void qkv_rope_backward_rows(HeadGrads gq, HeadGrads gk, HeadGrads gv, const floa
 }
 
 // ---------------------------------------------------------------------------- operators
-Tensor rms_norm_scale(const Tensor& x_in, const Tensor& w_in, const Tensor& rstd_in) {
-  check_fp32_cpu(x_in, "x");
-  check_fp32_cpu(w_in, "weight");
-  check_fp32_cpu(rstd_in, "rstd");
-  const Tensor x = x_in.contiguous(), w = w_in.contiguous(), rstd = rstd_in.contiguous();
-  const int64_t C = x.size(-1), N = x.numel() / C;
-  TORCH_CHECK(w.numel() == C && rstd.numel() == N, "mlscale cpu kernels: rms_norm_scale got weight of ",
-              w.numel(), " and rstd of ", rstd.numel(), " elements for ", N, " rows of ", C);
-  Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const float* xp = x.const_data_ptr<float>();
-  const float* wp = w.const_data_ptr<float>();
-  const float* rp = rstd.const_data_ptr<float>();
-  float* yp = y.mutable_data_ptr<float>();
-  at::parallel_for(0, N, 16, [=](int64_t begin, int64_t end) { rms_norm_scale_rows(xp, wp, rp, yp, begin, end, C); });
-  return y;
-}
-
 // Rows go to threads in fixed static chunks, each with its own grad_w partial, summed in
 // thread order: the same result on every run with the same thread count.
-std::tuple<Tensor, Tensor> rms_norm_backward(const Tensor& grad_in, const Tensor& x_in, const Tensor& rstd_in,
-                                             const Tensor& w_in) {
+std::tuple<Tensor, Tensor> rms_norm_backward(const Tensor& grad_in, const Tensor& x_in, const Tensor& w_in,
+                                             double eps) {
   check_fp32_cpu(grad_in, "grad");
   check_fp32_cpu(x_in, "x");
-  const Tensor g = grad_in.contiguous(), x = x_in.contiguous(), rstd = rstd_in.contiguous(),
-               w = w_in.contiguous();
+  check_fp32_cpu(w_in, "weight");
+  const Tensor g = grad_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
   const int64_t C = x.size(-1), N = x.numel() / C;
-  TORCH_CHECK(g.numel() == x.numel() && rstd.numel() == N && w.numel() == C,
-              "mlscale cpu kernels: rms_norm_backward got mismatched shapes");
+  TORCH_CHECK(g.numel() == x.numel() && w.numel() == C, "mlscale cpu kernels: rms_norm_backward got grad of ",
+              g.numel(), " and weight of ", w.numel(), " elements for ", N, " rows of ", C);
   Tensor grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
   Tensor partial = at::zeros({at::get_num_threads(), C}, x.options());
   const float* gp = g.const_data_ptr<float>();
   const float* xp = x.const_data_ptr<float>();
   const float* wp = w.const_data_ptr<float>();
-  const float* rp = rstd.const_data_ptr<float>();
   float* gxp = grad_x.mutable_data_ptr<float>();
   float* pp = partial.mutable_data_ptr<float>();
+  const float feps = static_cast<float>(eps);
   at::parallel_for(0, N, 16, [=](int64_t begin, int64_t end) {
-    rms_norm_backward_rows(gp, xp, wp, rp, gxp, pp + at::get_thread_num() * C, begin, end, C);
+    rms_norm_backward_rows(gp, xp, wp, feps, gxp, pp + at::get_thread_num() * C, begin, end, C);
   });
   return {grad_x, partial.sum(0)};
 }
@@ -333,8 +307,7 @@ Tensor qkv_rope_backward(const Tensor& gq_in, const Tensor& gk_in, const Tensor&
 }  // namespace
 
 TORCH_LIBRARY(mlscale, m) {
-  m.def("rms_norm_scale(Tensor x, Tensor weight, Tensor rstd) -> Tensor");
-  m.def("rms_norm_backward(Tensor grad, Tensor x, Tensor rstd, Tensor weight) -> (Tensor, Tensor)");
+  m.def("rms_norm_backward(Tensor grad, Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("swiglu_forward(Tensor h) -> (Tensor, Tensor)");
   m.def("swiglu_backward(Tensor grad, Tensor h, Tensor sig) -> Tensor");
   m.def("qkv_rope_forward(Tensor qkv, Tensor cos, Tensor sin, int n_head, int kv_heads) -> (Tensor, Tensor, Tensor)");
@@ -342,7 +315,6 @@ TORCH_LIBRARY(mlscale, m) {
 }
 
 TORCH_LIBRARY_IMPL(mlscale, CPU, m) {
-  m.impl("rms_norm_scale", rms_norm_scale);
   m.impl("rms_norm_backward", rms_norm_backward);
   m.impl("swiglu_forward", swiglu_forward);
   m.impl("swiglu_backward", swiglu_backward);

@@ -6,8 +6,7 @@ torch's extension directory, about 15 s) and loaded as `torch.ops.mlscale`. Wher
 compiler is found, or with MLSCALE_CPU_KERNELS=0, the functions below compute the same
 arithmetic with PyTorch ops (slower: several passes each), after one warning.
 
-    rms_norm_forward(x, w, eps)        -> y, rstd   (native: y given rstd)
-    rms_norm_backward(grad, x, rstd, w) -> grad_x, grad_w
+    rms_norm_backward(grad, x, w, eps) -> grad_x, grad_w   (forward: F.rms_norm, one pass)
     swiglu_forward(h)                  -> a = silu(gate) * up, sigmoid(gate)   (h = [gate | up])
     swiglu_backward(grad_a, h, sig)    -> grad_h
 """
@@ -77,28 +76,17 @@ def native() -> Any | None:
 
 
 # ----------------------------------------------------------------------------- RMSNorm
-def rms_norm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """y = weight * (x * rstd) with rstd = 1 / sqrt(mean(x^2) + eps) per row; (y, rstd [rows])."""
-    # rstd with exactly transformers' ops: PyTorch's float mean and rsqrt round differently
-    # from a plain loop and 1/sqrt, and the export-parity test allows 1e-5 on logits
-    rstd = torch.rsqrt(x.pow(2).mean(-1).add_(eps))
+def rms_norm_backward(grad: Tensor, x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Gradients for x and weight of y = weight * (x * rstd), rstd = 1 / sqrt(mean(x^2) + eps)."""
     ops = native()
     if ops is not None and x.dtype == torch.float32:
-        return ops.rms_norm_scale(x, weight, rstd).view(x.shape), rstd.reshape(-1)
-    return weight * (x * rstd.unsqueeze(-1)), rstd.reshape(-1)
-
-
-def rms_norm_backward(grad: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradients of `rms_norm_forward` for x and weight."""
-    ops = native()
-    if ops is not None and x.dtype == torch.float32:
-        grad_x, grad_w = ops.rms_norm_backward(grad, x, rstd, weight)
+        grad_x, grad_w = ops.rms_norm_backward(grad, x, weight, eps)
         return grad_x.view(x.shape), grad_w
-    r = rstd.view(*x.shape[:-1], 1)
-    xhat = x * r
+    rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+    xhat = x * rstd
     grad_w = (grad * xhat).flatten(0, -2).sum(0)
     g = grad * weight
-    grad_x = (g - xhat * (g * xhat).mean(-1, keepdim=True)).mul_(r)
+    grad_x = (g - xhat * (g * xhat).mean(-1, keepdim=True)).mul_(rstd)
     return grad_x, grad_w
 
 
