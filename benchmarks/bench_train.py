@@ -10,8 +10,10 @@ kernel libraries are not counted).
     python benchmarks/bench_train.py                      # nanoGPT baby-GPT shape
     python benchmarks/bench_train.py --shape small        # a 6x384 model, context 256
     python benchmarks/bench_train.py --compile            # both under torch.compile
+    MLSCALE_CPU_KERNELS=0 python benchmarks/bench_train.py  # ours without its fused C++ kernels
 
-Eager is what `mlscale pretrain` runs on a CPU by default (train.compile=false); with
+Eager is what `mlscale pretrain` runs on a CPU by default (train.compile=false), with the
+fused C++ kernels of model/cpu_kernels.cpp (built on first use, before the timed steps); with
 --compile both models are compiled (inductor's C++ backend; a minute of compiling).
 
 GPU (--gpu): a GPT-2-small-sized model (12 layers, width 768, 12 heads, context 1024,

@@ -29,9 +29,11 @@ from mlscale.model import cpu_kernels
 
 
 def enabled(x: Tensor) -> bool:
-    """True where the hand-fused kernels apply: fp32 on CPU, eager, no autocast."""
+    """True where the hand-fused kernels apply: fp32 on CPU, eager, no autocast, and the
+    compiled kernels built (their PyTorch-op fallbacks are slower than plain autograd)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu"))
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and cpu_kernels.native() is not None)
 
 
 # ------------------------------------------------------------------------------ norm
@@ -109,17 +111,17 @@ class _SwiGLU(torch.autograd.Function):
         w = torch.cat((wg, wu))
         h = torch.mm(x2, w.t())
         a, sig = cpu_kernels.swiglu_forward(h)
-        ctx.save_for_backward(x2, w, wd, h, sig, a)
+        ctx.save_for_backward(x2, w, wd, h, sig)  # a is recomputed in backward: less memory
         return torch.mm(a, wd.t()).view(*shape[:-1], wd.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x2, w, wd, h, sig, a = ctx.saved_tensors
+        x2, w, wd, h, sig = ctx.saved_tensors
         F_ = sig.shape[1]
         g2 = grad.reshape(-1, grad.shape[-1])
+        gh, a = cpu_kernels.swiglu_backward(torch.mm(g2, wd), h, sig)
         grad_wd = torch.mm(g2.t(), a) if ctx.needs_input_grad[3] else None
-        gh = cpu_kernels.swiglu_backward(torch.mm(g2, wd), h, sig)
         grad_x = torch.mm(gh, w).view(grad.shape[:-1] + (x2.shape[1],)) if ctx.needs_input_grad[0] else None
         gw = (None, None)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:

@@ -101,8 +101,8 @@ void swiglu_rows(const float* h, float* a, float* sig, int64_t begin,
 }
 
 // d up = grad * silu(gate), d gate = grad * up * sig * (1 + gate * (1 - sig)).
-void swiglu_backward_rows(const float* grad, const float* h, const float* sig,
-                          float* grad_h, int64_t begin, int64_t end, int64_t F) {
+void swiglu_backward_rows(const float* grad, const float* h, const float* sig, float* grad_h, float* a,
+                          int64_t begin, int64_t end, int64_t F) {
   for (int64_t i = begin; i < end; ++i) {
     const float* gate = h + i * 2 * F;
     const float* up = gate + F;
@@ -110,9 +110,12 @@ void swiglu_backward_rows(const float* grad, const float* h, const float* sig,
     const float* s = sig + i * F;
     float* d_gate = grad_h + i * 2 * F;
     float* d_up = d_gate + F;
+    float* ar = a + i * F;
 #pragma omp simd
     for (int64_t c = 0; c < F; ++c) {
-      d_up[c] = g[c] * (gate[c] * s[c]);
+      const float act = gate[c] * s[c];
+      ar[c] = act * up[c];
+      d_up[c] = g[c] * act;
       d_gate[c] = g[c] * up[c] * (s[c] * (1.f + gate[c] * (1.f - s[c])));
     }
   }
@@ -221,22 +224,22 @@ std::tuple<Tensor, Tensor> swiglu_forward(const Tensor& h_in) {
   return {a, sig};
 }
 
-Tensor swiglu_backward(const Tensor& grad_in, const Tensor& h_in, const Tensor& sig_in) {
+std::tuple<Tensor, Tensor> swiglu_backward(const Tensor& grad_in, const Tensor& h_in, const Tensor& sig_in) {
   check_fp32_cpu(grad_in, "grad");
   check_fp32_cpu(h_in, "h");
   const Tensor ga = grad_in.contiguous(), h = h_in.contiguous(), sig = sig_in.contiguous();
   const int64_t F = h.size(-1) / 2, N = h.numel() / (2 * F);
   TORCH_CHECK(ga.numel() == N * F && sig.numel() == N * F,
               "mlscale cpu kernels: swiglu_backward got mismatched shapes");
-  Tensor grad_h = at::empty({N, 2 * F}, h.options());
+  Tensor grad_h = at::empty({N, 2 * F}, h.options()), a = at::empty({N, F}, h.options());
   const float* gp = ga.const_data_ptr<float>();
   const float* hp = h.const_data_ptr<float>();
   const float* sp = sig.const_data_ptr<float>();
   float* op = grad_h.mutable_data_ptr<float>();
-  at::parallel_for(0, N, 8, [=](int64_t begin, int64_t end) { swiglu_backward_rows(gp, hp, sp, op, begin, end, F); });
-  return grad_h;
+  float* ap = a.mutable_data_ptr<float>();
+  at::parallel_for(0, N, 8, [=](int64_t begin, int64_t end) { swiglu_backward_rows(gp, hp, sp, op, ap, begin, end, F); });
+  return {grad_h, a};
 }
-
 
 // Rotary tables: [T, D] shared by the batch, or [B, T, D] per row (packed examples).
 void check_tables(const Tensor& cos, const Tensor& sin, int64_t B, int64_t T, int64_t D) {
@@ -309,7 +312,7 @@ Tensor qkv_rope_backward(const Tensor& gq_in, const Tensor& gk_in, const Tensor&
 TORCH_LIBRARY(mlscale, m) {
   m.def("rms_norm_backward(Tensor grad, Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("swiglu_forward(Tensor h) -> (Tensor, Tensor)");
-  m.def("swiglu_backward(Tensor grad, Tensor h, Tensor sig) -> Tensor");
+  m.def("swiglu_backward(Tensor grad, Tensor h, Tensor sig) -> (Tensor, Tensor)");
   m.def("qkv_rope_forward(Tensor qkv, Tensor cos, Tensor sin, int n_head, int kv_heads) -> (Tensor, Tensor, Tensor)");
   m.def("qkv_rope_backward(Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor cos, Tensor sin) -> Tensor");
 }

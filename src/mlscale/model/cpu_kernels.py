@@ -1,14 +1,18 @@
-"""Fused CPU kernels for RMSNorm and SwiGLU, compiled on first use, with a PyTorch fallback.
+"""Fused CPU kernels for RMSNorm, SwiGLU and rotary, compiled on first use.
 
 `cpu_kernels.cpp` does each elementwise piece of the block in one pass over memory; it is
 built once per machine with the C++ compiler PyTorch extensions use (cached under
 torch's extension directory, about 15 s) and loaded as `torch.ops.mlscale`. Where no
-compiler is found, or with MLSCALE_CPU_KERNELS=0, the functions below compute the same
-arithmetic with PyTorch ops (slower: several passes each), after one warning.
+compiler is found (one warning), or with MLSCALE_CPU_KERNELS=0, `native()` is None and
+the model takes its plain autograd path. Each function below also holds the same
+arithmetic in PyTorch ops: the reference the tests compare the kernels against, and what
+runs for other dtypes.
 
     rms_norm_backward(grad, x, w, eps) -> grad_x, grad_w   (forward: F.rms_norm, one pass)
     swiglu_forward(h)                  -> a = silu(gate) * up, sigmoid(gate)   (h = [gate | up])
-    swiglu_backward(grad_a, h, sig)    -> grad_h
+    swiglu_backward(grad_a, h, sig)    -> grad_h, a (recomputed)
+    qkv_rope_forward(qkv, cos, sin, H, KV)   -> rotated q, rotated k, v in [B, heads, T, D]
+    qkv_rope_backward(gq, gk, gv, cos, sin)  -> grad of qkv [B, T, H + 2 KV, D]
 """
 from __future__ import annotations
 
@@ -69,8 +73,8 @@ def native() -> Any | None:
         return torch.ops.mlscale
     except Exception as exc:  # no compiler, no ninja, a failed build: fall back, say so once
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        warnings.warn(f"mlscale: could not build the fused CPU kernels ({first}); training on CPU uses "
-                      "PyTorch ops instead, about 10% slower. Install a C++ compiler (g++) and ninja "
+        warnings.warn(f"mlscale: could not build the fused CPU kernels ({first}); training on CPU takes "
+                      "the plain autograd path instead, about 20% slower. Install a C++ compiler (g++) "
                       "to get them, or set MLSCALE_CPU_KERNELS=0 to silence this.", stacklevel=2)
         return None
 
@@ -101,13 +105,15 @@ def swiglu_forward(h: Tensor) -> tuple[Tensor, Tensor]:
     return gate * sig * up, sig
 
 
-def swiglu_backward(grad: Tensor, h: Tensor, sig: Tensor) -> Tensor:
-    """Gradient of `swiglu_forward`'s first output for h, given its gradient [N, F]."""
+def swiglu_backward(grad: Tensor, h: Tensor, sig: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradient of `swiglu_forward`'s first output for h, given its gradient [N, F], and that
+    output recomputed (silu(gate) * up, bit for bit), so the forward need not keep it."""
     ops = native()
     if ops is not None and h.dtype == torch.float32:
         return ops.swiglu_backward(grad, h, sig)
     gate, up = h.chunk(2, dim=-1)
-    return torch.cat((grad * up * (sig * (1 + gate * (1 - sig))), grad * (gate * sig)), dim=-1)
+    act = gate * sig
+    return torch.cat((grad * up * (sig * (1 + gate * (1 - sig))), grad * act), dim=-1), act * up
 
 
 # ------------------------------------------------------------------------------ rotary
