@@ -10,7 +10,7 @@ from mlscale.model import cpu_fused, cpu_kernels
 from mlscale.model.llama import RotaryEmbedding
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ops():
     built = cpu_kernels.native()
     assert built is not None, "the fused CPU kernels did not build: is a C++ compiler (g++) installed?"
@@ -73,10 +73,7 @@ def test_swiglu_forward_and_backward_match_the_reference(ops, reference):
     a_ref, sig_ref = reference("swiglu_forward", h)
     close(a, a_ref)
     close(sig, sig_ref)
-    gh, a_again = cpu_kernels.swiglu_backward(grad, h, sig)
-    gh_ref, _ = reference("swiglu_backward", grad, h, sig_ref)
-    close(gh, gh_ref)
-    assert torch.equal(a_again, a)  # recomputed bit for bit
+    close(cpu_kernels.swiglu_backward(grad, h, sig), reference("swiglu_backward", grad, h, sig_ref))
 
 
 def test_swiglu_saturates_cleanly_and_keeps_nan(ops):
@@ -151,3 +148,46 @@ def test_the_environment_switch_turns_them_off(monkeypatch):
         assert cpu_kernels.native() is None
     finally:
         cpu_kernels.native.cache_clear()
+        monkeypatch.delenv("MLSCALE_CPU_KERNELS")
+        assert cpu_kernels.native() is not None  # and back on, loaded once more without error
+
+
+@pytest.mark.parametrize("H,KV,T,D", [(4, 4, 64, 32), (4, 2, 12, 8), (6, 1, 20, 16), (2, 2, 4, 64)])
+def test_causal_attention_matches_sdpa_in_float64(ops, H, KV, T, D):
+    g = torch.Generator().manual_seed(T + D)
+    q = torch.randn(3, H, T, D, generator=g) * 2
+    k, v = (torch.randn(3, KV, T, D, generator=g) * 2 for _ in range(2))
+    grad = torch.randn(3, H, T, D, generator=g)
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q64, k64, v64, is_causal=True, enable_gqa=KV != H)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), grad.double())
+    out, lse = cpu_kernels.causal_attention_forward(q, k, v)
+    # the layout the output projection reads: [B, T, H, D] memory
+    assert out.transpose(1, 2).is_contiguous()
+    close(out, ref)
+    grads = cpu_kernels.causal_attention_backward(grad, q, k, v, out, lse)
+    for ours, theirs in zip(grads, ref_grads):
+        close(ours, theirs, tol=2e-5)
+
+
+def test_causal_attention_reference_matches_sdpa(reference):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    out, lse = reference("causal_attention_forward", q, k, v)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert torch.allclose(out, sdpa, atol=1e-12)
+
+
+def test_causal_attention_gradient_in_any_layout(ops):
+    q, k, v = torch.randn(2, 2, 8, 8), torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    out, lse = cpu_kernels.causal_attention_forward(q, k, v)
+    grad = torch.randn(2, 8, 2, 8)
+    a = cpu_kernels.causal_attention_backward(grad.transpose(1, 2), q, k, v, out, lse)
+    b = cpu_kernels.causal_attention_backward(grad.transpose(1, 2).contiguous(), q, k, v, out, lse)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_causal_attention_refuses_shapes_it_does_not_tile(ops):
+    with pytest.raises(RuntimeError, match="T divisible by 4 and D by 8"):
+        ops.causal_attention_forward(torch.randn(1, 1, 6, 8), torch.randn(1, 1, 6, 8), torch.randn(1, 1, 6, 8))

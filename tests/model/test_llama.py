@@ -45,7 +45,8 @@ def test_flops_per_token_equals_counted_matmul_flops_of_a_training_step(tie):
     m = make(tie_embeddings=tie, n_kv_head=2).train()
     B, T = 2, 16
     idx = torch.randint(0, m.cfg.vocab_size, (B, T))
-    # the math backend spells attention as matmuls, which the counter sees
+    # the math backend spells attention as matmuls, which the counter sees; the fused CPU
+    # attention kernel registers the same count (cpu_kernels._register_flop_formulas)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         _, loss = m(idx, idx)
         loss.backward()

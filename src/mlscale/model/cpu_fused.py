@@ -12,6 +12,7 @@ by the fused kernels of `cpu_kernels` (one pass over memory each).
     qkv_rope     x -> q, k, v    one matmul for the three projections, rotary q and k
     swiglu       x -> mlp(x)     down(silu(gate(x)) * up(x)) with one gate/up matmul
     rms_norm     x -> norm(x)    RMSNorm in one pass forward and one backward
+    causal_attention             short-context causal attention, rows' log-sum-exp kept
 
 `llama.py` calls them only on CPU in fp32 eager mode (`enabled(x)`) with plain
 nn.Linear weights; GPUs, torch.compile (which fuses these itself), autocast, LoRA,
@@ -111,17 +112,17 @@ class _SwiGLU(torch.autograd.Function):
         w = torch.cat((wg, wu))
         h = torch.mm(x2, w.t())
         a, sig = cpu_kernels.swiglu_forward(h)
-        ctx.save_for_backward(x2, w, wd, h, sig)  # a is recomputed in backward: less memory
+        ctx.save_for_backward(x2, w, wd, h, sig, a)
         return torch.mm(a, wd.t()).view(*shape[:-1], wd.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x2, w, wd, h, sig = ctx.saved_tensors
+        x2, w, wd, h, sig, a = ctx.saved_tensors
         F_ = sig.shape[1]
         g2 = grad.reshape(-1, grad.shape[-1])
-        gh, a = cpu_kernels.swiglu_backward(torch.mm(g2, wd), h, sig)
         grad_wd = torch.mm(g2.t(), a) if ctx.needs_input_grad[3] else None
+        gh = cpu_kernels.swiglu_backward(torch.mm(g2, wd), h, sig)
         grad_x = torch.mm(gh, w).view(grad.shape[:-1] + (x2.shape[1],)) if ctx.needs_input_grad[0] else None
         gw = (None, None)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
@@ -132,3 +133,34 @@ class _SwiGLU(torch.autograd.Function):
 def swiglu(x: Tensor, wg: Tensor, wu: Tensor, wd: Tensor) -> Tensor:
     """The SwiGLU MLP of x [..., C] with gate/up weights [F, C] and down weight [C, F]."""
     return _SwiGLU.apply(x, wg, wu, wd)
+
+
+# ------------------------------------------------------------------------- attention
+class _CausalAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(D) + causal mask) v, keeping each row's log-sum-exp for backward."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        out, lse = cpu_kernels.causal_attention_forward(q, k, v)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        return cpu_kernels.causal_attention_backward(grad, *ctx.saved_tensors)
+
+
+# Above this length SDPA's tiled flash kernel is as fast (measured at T=256, D=64)
+MAX_FUSED_ATTENTION_LEN = 256
+
+
+def causal_attention_fits(seq_len: int, head_dim: int) -> bool:
+    """Whether `causal_attention` takes this shape: the kernel's row blocks and vectors."""
+    return seq_len % 4 == 0 and head_dim % 8 == 0 and seq_len <= MAX_FUSED_ATTENTION_LEN
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal attention of q [B, H, T, D] over k, v [B, KV, T, D] (grouped-query heads when
+    KV < H); the output is a [B, H, T, D] view of [B, T, H, D] memory."""
+    return _CausalAttention.apply(q, k, v)

@@ -16,7 +16,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 #include <tuple>
+#include <vector>
 
 using at::Tensor;
 
@@ -101,7 +103,7 @@ void swiglu_rows(const float* h, float* a, float* sig, int64_t begin,
 }
 
 // d up = grad * silu(gate), d gate = grad * up * sig * (1 + gate * (1 - sig)).
-void swiglu_backward_rows(const float* grad, const float* h, const float* sig, float* grad_h, float* a,
+void swiglu_backward_rows(const float* grad, const float* h, const float* sig, float* grad_h,
                           int64_t begin, int64_t end, int64_t F) {
   for (int64_t i = begin; i < end; ++i) {
     const float* gate = h + i * 2 * F;
@@ -110,12 +112,9 @@ void swiglu_backward_rows(const float* grad, const float* h, const float* sig, f
     const float* s = sig + i * F;
     float* d_gate = grad_h + i * 2 * F;
     float* d_up = d_gate + F;
-    float* ar = a + i * F;
 #pragma omp simd
     for (int64_t c = 0; c < F; ++c) {
-      const float act = gate[c] * s[c];
-      ar[c] = act * up[c];
-      d_up[c] = g[c] * act;
+      d_up[c] = g[c] * (gate[c] * s[c]);
       d_gate[c] = g[c] * up[c] * (s[c] * (1.f + gate[c] * (1.f - s[c])));
     }
   }
@@ -185,6 +184,179 @@ void qkv_rope_backward_rows(HeadGrads gq, HeadGrads gk, HeadGrads gv, const floa
   }
 }
 
+// Causal attention for short sequences, one (batch, head) at a time with everything in
+// L1/L2, FlashAttention's scheme without tiling (a row of scores is at most T floats):
+// forward keeps each row's log-sum-exp, backward recomputes the probabilities from it.
+// Rows go in blocks of 4 and channels in 8-wide vectors (GCC/Clang vector extensions),
+// so each key or value vector loaded feeds four multiply-adds held in registers.
+// Grouped-query heads: q head h reads kv head h / (H / KV), as repeat_interleave does.
+// Needs T % 4 == 0 and D % 8 == 0 (the Python side checks, else takes SDPA).
+// Attention differs from SDPA in summation order anyway, so its products and sums may
+// fuse into FMAs (the rest of this file keeps PyTorch's unfused rounding).
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+typedef float v8f __attribute__((vector_size(32)));
+constexpr int64_t kRows = 4, kLanes = 8;
+
+inline v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+
+struct AttentionShape {
+  int64_t B, H, KV, T, D, Tp;  // Tp: T rounded up to whole vectors (padded key columns)
+  float scale;
+};
+
+// [T, D] -> [D, Tp], padding columns T..Tp with zeros.
+inline void transpose_block(const float* src, float* dst, int64_t T, int64_t D, int64_t Tp) {
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t t = 0; t < T; ++t) dst[d * Tp + t] = src[t * D + d];
+    for (int64_t t = T; t < Tp; ++t) dst[d * Tp + t] = 0.f;
+  }
+}
+
+// s[r][j] = scale * (x[r] . cols[:, j]) for 4 rows x (row stride x_stride) and keys
+// j < n (rounded up to a vector), cols a [D, Tp] transposed block; s rows are Tp long.
+inline void block_scores(const float* x, int64_t x_stride, const float* cols, float* s, int64_t n, int64_t D,
+                         int64_t Tp, float scale) {
+  for (int64_t j = 0; j < n; j += kLanes) {
+    v8f acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
+    for (int64_t d = 0; d < D; ++d) {
+      const v8f c = load8(cols + d * Tp + j);
+      acc0 += x[d] * c;
+      acc1 += x[x_stride + d] * c;
+      acc2 += x[2 * x_stride + d] * c;
+      acc3 += x[3 * x_stride + d] * c;
+    }
+    store8(s + j, acc0 * scale);
+    store8(s + Tp + j, acc1 * scale);
+    store8(s + 2 * Tp + j, acc2 * scale);
+    store8(s + 3 * Tp + j, acc3 * scale);
+  }
+}
+
+// out[r][:] = sum_{j < n} w[r][j] * rows[j][:] for 4 rows (rows [*, D], out row stride
+// out_stride, w rows Tp long); with accumulate, added to out instead.
+inline void block_mix(const float* w, const float* rows, float* out, int64_t out_stride, int64_t n, int64_t D,
+                      int64_t Tp) {
+  for (int64_t d = 0; d < D; d += kLanes) {
+    v8f acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
+    for (int64_t j = 0; j < n; ++j) {
+      const v8f r = load8(rows + j * D + d);
+      acc0 += w[j] * r;
+      acc1 += w[Tp + j] * r;
+      acc2 += w[2 * Tp + j] * r;
+      acc3 += w[3 * Tp + j] * r;
+    }
+    store8(out + d, acc0);
+    store8(out + out_stride + d, acc1);
+    store8(out + 2 * out_stride + d, acc2);
+    store8(out + 3 * out_stride + d, acc3);
+  }
+}
+
+// rows[j][:] += sum_r w[r][j] * x[r][:] for j < n (the transpose of block_mix, for dK
+// and dV; x rows at stride x_stride, w rows Tp long).
+inline void block_scatter(const float* w, const float* x, int64_t x_stride, float* rows, int64_t n, int64_t D,
+                          int64_t Tp) {
+  for (int64_t d = 0; d < D; d += kLanes) {
+    const v8f x0 = load8(x + d), x1 = load8(x + x_stride + d), x2 = load8(x + 2 * x_stride + d),
+              x3 = load8(x + 3 * x_stride + d);
+    for (int64_t j = 0; j < n; ++j) {
+      float* r = rows + j * D + d;
+      store8(r, load8(r) + w[j] * x0 + w[Tp + j] * x1 + w[2 * Tp + j] * x2 + w[3 * Tp + j] * x3);
+    }
+  }
+}
+
+// q, k, v: [B, heads, T, D] contiguous. out: [B, T, H, D] memory (what the output
+// projection reads); lse: [B, H, T].
+void attention_heads(const float* q, const float* k, const float* v, float* out, float* lse, AttentionShape a,
+                     int64_t begin, int64_t end) {
+  const int64_t T = a.T, D = a.D, Tp = a.Tp, group = a.H / a.KV, out_stride = a.H * D;
+  std::vector<float> k_t(D * Tp), s(kRows * Tp);
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / a.H, h = bh % a.H, kvh = b * a.KV + h / group;
+    const float* Q = q + bh * T * D;
+    transpose_block(k + kvh * T * D, k_t.data(), T, D, Tp);
+    for (int64_t i0 = 0; i0 < T; i0 += kRows) {
+      const int64_t n = i0 + kRows;  // causal: keys up to the block's last row
+      block_scores(Q + i0 * D, D, k_t.data(), s.data(), n, D, Tp, a.scale);
+      for (int64_t r = 0; r < kRows; ++r) {
+        float* sr = s.data() + r * Tp;
+        const int64_t keys = i0 + r + 1;
+        float m = sr[0];
+        for (int64_t j = 1; j < keys; ++j) m = sr[j] > m ? sr[j] : m;
+        float l = 0.f;
+#pragma omp simd reduction(+ : l)
+        for (int64_t j = 0; j < keys; ++j) {
+          sr[j] = exp_f32(sr[j] - m);
+          l += sr[j];
+        }
+        const float inv_l = 1.f / l;
+#pragma omp simd
+        for (int64_t j = 0; j < keys; ++j) sr[j] *= inv_l;
+        for (int64_t j = keys; j < n; ++j) sr[j] = 0.f;  // masked
+        lse[bh * T + i0 + r] = m + std::log(l);
+      }
+      block_mix(s.data(), v + kvh * T * D, out + ((b * T + i0) * a.H + h) * D, out_stride, n, D, Tp);
+    }
+  }
+}
+
+// Backward for the q heads of kv heads [begin, end) (so dK and dV have one writer each):
+// p = exp(s - lse), dV += p^T dO, dp = dO V^T, ds = p * (dp - rowsum(dO * O)),
+// dQ = scale * ds K, dK += scale * ds^T Q. dout and out are in [B, T, H, D] memory.
+void attention_backward_heads(const float* q, const float* k, const float* v, const float* out,
+                              const float* dout, const float* lse, float* dq, float* dk, float* dv,
+                              AttentionShape a, int64_t begin, int64_t end) {
+  const int64_t T = a.T, D = a.D, Tp = a.Tp, group = a.H / a.KV, row_stride = a.H * D;
+  std::vector<float> k_t(D * Tp), v_t(D * Tp), p(kRows * Tp), ds(kRows * Tp);
+  for (int64_t bg = begin; bg < end; ++bg) {
+    const int64_t b = bg / a.KV, g = bg % a.KV;
+    const float* K = k + bg * T * D;
+    float* dK = dk + bg * T * D;
+    float* dV = dv + bg * T * D;
+    std::fill(dK, dK + T * D, 0.f);
+    std::fill(dV, dV + T * D, 0.f);
+    transpose_block(K, k_t.data(), T, D, Tp);
+    transpose_block(v + bg * T * D, v_t.data(), T, D, Tp);
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+      const int64_t bh = b * a.H + h;
+      const float* Q = q + bh * T * D;
+      for (int64_t i0 = 0; i0 < T; i0 += kRows) {
+        const int64_t n = i0 + kRows;
+        const float* o = out + ((b * T + i0) * a.H + h) * D;
+        const float* dO = dout + ((b * T + i0) * a.H + h) * D;
+        block_scores(Q + i0 * D, D, k_t.data(), p.data(), n, D, Tp, a.scale);
+        block_scores(dO, row_stride, v_t.data(), ds.data(), n, D, Tp, 1.f);  // dp
+        for (int64_t r = 0; r < kRows; ++r) {
+          float* pr = p.data() + r * Tp;
+          float* dsr = ds.data() + r * Tp;
+          const int64_t keys = i0 + r + 1;
+          const float row_lse = lse[bh * T + i0 + r];
+          float di = 0.f;
+#pragma omp simd reduction(+ : di)
+          for (int64_t d = 0; d < D; ++d) di += dO[r * row_stride + d] * o[r * row_stride + d];
+#pragma omp simd
+          for (int64_t j = 0; j < keys; ++j) {
+            pr[j] = exp_f32(pr[j] - row_lse);
+            dsr[j] = pr[j] * (dsr[j] - di) * a.scale;
+          }
+          for (int64_t j = keys; j < n; ++j) pr[j] = dsr[j] = 0.f;  // masked
+        }
+        block_mix(ds.data(), K, dq + (bh * T + i0) * D, D, n, D, Tp);
+        block_scatter(ds.data(), Q + i0 * D, D, dK, n, D, Tp);
+        block_scatter(p.data(), dO, row_stride, dV, n, D, Tp);
+      }
+    }
+  }
+}
+#pragma GCC pop_options
+
 // ---------------------------------------------------------------------------- operators
 // Rows go to threads in fixed static chunks, each with its own grad_w partial, summed in
 // thread order: the same result on every run with the same thread count.
@@ -224,21 +396,20 @@ std::tuple<Tensor, Tensor> swiglu_forward(const Tensor& h_in) {
   return {a, sig};
 }
 
-std::tuple<Tensor, Tensor> swiglu_backward(const Tensor& grad_in, const Tensor& h_in, const Tensor& sig_in) {
+Tensor swiglu_backward(const Tensor& grad_in, const Tensor& h_in, const Tensor& sig_in) {
   check_fp32_cpu(grad_in, "grad");
   check_fp32_cpu(h_in, "h");
   const Tensor ga = grad_in.contiguous(), h = h_in.contiguous(), sig = sig_in.contiguous();
   const int64_t F = h.size(-1) / 2, N = h.numel() / (2 * F);
   TORCH_CHECK(ga.numel() == N * F && sig.numel() == N * F,
               "mlscale cpu kernels: swiglu_backward got mismatched shapes");
-  Tensor grad_h = at::empty({N, 2 * F}, h.options()), a = at::empty({N, F}, h.options());
+  Tensor grad_h = at::empty({N, 2 * F}, h.options());
   const float* gp = ga.const_data_ptr<float>();
   const float* hp = h.const_data_ptr<float>();
   const float* sp = sig.const_data_ptr<float>();
   float* op = grad_h.mutable_data_ptr<float>();
-  float* ap = a.mutable_data_ptr<float>();
-  at::parallel_for(0, N, 8, [=](int64_t begin, int64_t end) { swiglu_backward_rows(gp, hp, sp, op, ap, begin, end, F); });
-  return {grad_h, a};
+  at::parallel_for(0, N, 8, [=](int64_t begin, int64_t end) { swiglu_backward_rows(gp, hp, sp, op, begin, end, F); });
+  return grad_h;
 }
 
 // Rotary tables: [T, D] shared by the batch, or [B, T, D] per row (packed examples).
@@ -307,13 +478,75 @@ Tensor qkv_rope_backward(const Tensor& gq_in, const Tensor& gk_in, const Tensor&
   return grad;
 }
 
+
+AttentionShape attention_shape(const Tensor& q, const Tensor& k, const Tensor& v) {
+  check_fp32_cpu(q, "q");
+  check_fp32_cpu(k, "k");
+  check_fp32_cpu(v, "v");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && q.size(0) == k.size(0) &&
+                  q.size(2) == k.size(2) && q.size(3) == k.size(3) && q.size(1) % k.size(1) == 0,
+              "mlscale cpu kernels: attention needs q [B, H, T, D] and k, v [B, KV, T, D] with KV dividing H, got ",
+              q.sizes(), " and ", k.sizes());
+  TORCH_CHECK(q.size(2) % kRows == 0 && q.size(3) % kLanes == 0,
+              "mlscale cpu kernels: attention needs T divisible by 4 and D by 8, got T=", q.size(2), " D=", q.size(3));
+  const int64_t T = q.size(2), Tp = (T + kLanes - 1) / kLanes * kLanes;
+  return {q.size(0), q.size(1), k.size(1), T, q.size(3), Tp, static_cast<float>(1.0 / std::sqrt(q.size(3)))};
+}
+
+// Returns out as a [B, H, T, D] view of [B, T, H, D] memory, and lse [B, H, T].
+std::tuple<Tensor, Tensor> causal_attention_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in) {
+  const AttentionShape a = attention_shape(q_in, k_in, v_in);
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  Tensor out = at::empty({a.B, a.T, a.H, a.D}, q.options());
+  Tensor lse = at::empty({a.B, a.H, a.T}, q.options());
+  const float* qp = q.const_data_ptr<float>();
+  const float* kp = k.const_data_ptr<float>();
+  const float* vp = v.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  float* lp = lse.mutable_data_ptr<float>();
+  at::parallel_for(0, a.B * a.H, 1, [=](int64_t begin, int64_t end) {
+    attention_heads(qp, kp, vp, op, lp, a, begin, end);
+  });
+  return {out.transpose(1, 2), lse};
+}
+
+// out and grad_out are [B, H, T, D] views of [B, T, H, D] memory (as forward returns and
+// the output projection's backward gives); returns dq [B, H, T, D], dk and dv [B, KV, T, D].
+std::tuple<Tensor, Tensor, Tensor> causal_attention_backward(const Tensor& grad_in, const Tensor& q_in,
+                                                             const Tensor& k_in, const Tensor& v_in,
+                                                             const Tensor& out_in, const Tensor& lse_in) {
+  const AttentionShape a = attention_shape(q_in, k_in, v_in);
+  check_fp32_cpu(grad_in, "grad");
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), lse = lse_in.contiguous();
+  // [B, T, H, D] memory for both: a no-op for what forward returned
+  const Tensor out = out_in.transpose(1, 2).contiguous(), dout = grad_in.transpose(1, 2).contiguous();
+  TORCH_CHECK(out.sizes() == dout.sizes() && out.size(2) == a.H && lse.numel() == a.B * a.H * a.T,
+              "mlscale cpu kernels: attention backward got mismatched shapes");
+  Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  const float* qp = q.const_data_ptr<float>();
+  const float* kp = k.const_data_ptr<float>();
+  const float* vp = v.const_data_ptr<float>();
+  const float* op = out.const_data_ptr<float>();
+  const float* gp = dout.const_data_ptr<float>();
+  const float* lp = lse.const_data_ptr<float>();
+  float* dqp = dq.mutable_data_ptr<float>();
+  float* dkp = dk.mutable_data_ptr<float>();
+  float* dvp = dv.mutable_data_ptr<float>();
+  at::parallel_for(0, a.B * a.KV, 1, [=](int64_t begin, int64_t end) {
+    attention_backward_heads(qp, kp, vp, op, gp, lp, dqp, dkp, dvp, a, begin, end);
+  });
+  return {dq, dk, dv};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(mlscale, m) {
   m.def("rms_norm_backward(Tensor grad, Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("swiglu_forward(Tensor h) -> (Tensor, Tensor)");
-  m.def("swiglu_backward(Tensor grad, Tensor h, Tensor sig) -> (Tensor, Tensor)");
+  m.def("swiglu_backward(Tensor grad, Tensor h, Tensor sig) -> Tensor");
   m.def("qkv_rope_forward(Tensor qkv, Tensor cos, Tensor sin, int n_head, int kv_heads) -> (Tensor, Tensor, Tensor)");
+  m.def("causal_attention_forward(Tensor q, Tensor k, Tensor v) -> (Tensor, Tensor)");
+  m.def("causal_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse) -> (Tensor, Tensor, Tensor)");
   m.def("qkv_rope_backward(Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor cos, Tensor sin) -> Tensor");
 }
 
@@ -323,4 +556,6 @@ TORCH_LIBRARY_IMPL(mlscale, CPU, m) {
   m.impl("swiglu_backward", swiglu_backward);
   m.impl("qkv_rope_forward", qkv_rope_forward);
   m.impl("qkv_rope_backward", qkv_rope_backward);
+  m.impl("causal_attention_forward", causal_attention_forward);
+  m.impl("causal_attention_backward", causal_attention_backward);
 }

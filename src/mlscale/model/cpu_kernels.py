@@ -10,13 +10,14 @@ runs for other dtypes.
 
     rms_norm_backward(grad, x, w, eps) -> grad_x, grad_w   (forward: F.rms_norm, one pass)
     swiglu_forward(h)                  -> a = silu(gate) * up, sigmoid(gate)   (h = [gate | up])
-    swiglu_backward(grad_a, h, sig)    -> grad_h, a (recomputed)
+    swiglu_backward(grad_a, h, sig)    -> grad_h
     qkv_rope_forward(qkv, cos, sin, H, KV)   -> rotated q, rotated k, v in [B, heads, T, D]
     qkv_rope_backward(gq, gk, gv, cos, sin)  -> grad of qkv [B, T, H + 2 KV, D]
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 import warnings
@@ -51,6 +52,22 @@ def _put_ninja_on_path() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
+@functools.cache  # once per process: a second registration is an error
+def _register_flop_formulas() -> None:
+    """Attention's model FLOPs in torch's FlopCounterMode, as SDPA's math path counts them:
+    two matmuls forward, four backward (recomputing the scores is not model work, as in
+    MFU). The other kernels are elementwise, which the counter does not count either."""
+    from torch.utils import flop_counter
+
+    @flop_counter.register_flop_formula(torch.ops.mlscale.causal_attention_forward)
+    def _forward(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(q_shape, k_shape, v_shape)
+
+    @flop_counter.register_flop_formula(torch.ops.mlscale.causal_attention_backward)
+    def _backward(grad_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * flop_counter.sdpa_flop_count(q_shape, k_shape, v_shape)
+
+
 @functools.cache
 def native() -> Any | None:
     """`torch.ops.mlscale` with the compiled kernels, or None where they cannot be built."""
@@ -59,17 +76,21 @@ def native() -> Any | None:
     try:
         from torch.utils.cpp_extension import get_default_build_root, load
 
-        name = f"mlscale_cpu_kernels_{torch.backends.cpu.get_cpu_capability().lower()}"
-        # one build per Python and torch version: a build against another torch's ABI
-        # would not load (TORCH_EXTENSIONS_DIR moves the root)
+        # one build per source, flags, CPU capability, Python and torch version: a build
+        # against another torch's ABI would not load, and two checkouts of mlscale on one
+        # machine must not overwrite each other's build (TORCH_EXTENSIONS_DIR moves the root)
+        flags = _compiler_flags()
+        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+        name = f"mlscale_cpu_kernels_{torch.backends.cpu.get_cpu_capability().lower()}_{digest}"
         build = (Path(get_default_build_root()) / "mlscale"
                  / f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}" / name)
         build.mkdir(parents=True, exist_ok=True)
         _put_ninja_on_path()
         if not (build / f"{name}.so").exists():
             print("mlscale: compiling the fused CPU kernels (once per machine, ~15 s)", file=sys.stderr, flush=True)
-        load(name=name, sources=[str(SOURCE)], build_directory=str(build), extra_cflags=_compiler_flags(),
+        load(name=name, sources=[str(SOURCE)], build_directory=str(build), extra_cflags=flags,
              extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+        _register_flop_formulas()
         return torch.ops.mlscale
     except Exception as exc:  # no compiler, no ninja, a failed build: fall back, say so once
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -105,15 +126,13 @@ def swiglu_forward(h: Tensor) -> tuple[Tensor, Tensor]:
     return gate * sig * up, sig
 
 
-def swiglu_backward(grad: Tensor, h: Tensor, sig: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradient of `swiglu_forward`'s first output for h, given its gradient [N, F], and that
-    output recomputed (silu(gate) * up, bit for bit), so the forward need not keep it."""
+def swiglu_backward(grad: Tensor, h: Tensor, sig: Tensor) -> Tensor:
+    """Gradient of `swiglu_forward`'s first output for h, given its gradient [N, F]."""
     ops = native()
     if ops is not None and h.dtype == torch.float32:
         return ops.swiglu_backward(grad, h, sig)
     gate, up = h.chunk(2, dim=-1)
-    act = gate * sig
-    return torch.cat((grad * up * (sig * (1 + gate * (1 - sig))), grad * act), dim=-1), act * up
+    return torch.cat((grad * up * (sig * (1 + gate * (1 - sig))), grad * (gate * sig)), dim=-1)
 
 
 # ------------------------------------------------------------------------------ rotary
@@ -149,3 +168,42 @@ def qkv_rope_backward(grad_q: Tensor, grad_k: Tensor, grad_v: Tensor, cos: Tenso
     # a rotation's gradient is the inverse rotation
     gqk = torch.cat((g1 * c1 + g2 * s2, g2 * c2 - g1 * s1), dim=-1)
     return torch.cat((gqk, grad_v.transpose(1, 2)), dim=2)
+
+
+# --------------------------------------------------------------------------- attention
+def causal_attention_forward(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Causal softmax attention: q [B, H, T, D], k and v [B, KV, T, D] (KV divides H) ->
+    out [B, H, T, D] (a view of [B, T, H, D] memory), and the rows' log-sum-exp [B, H, T]."""
+    ops = native()
+    if ops is not None and q.dtype == torch.float32:
+        return ops.causal_attention_forward(q, k, v)
+    s = _attention_scores(q, k)
+    lse = torch.logsumexp(s, dim=-1)
+    out = torch.exp(s - lse.unsqueeze(-1)) @ v.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    return out.transpose(1, 2).contiguous().transpose(1, 2), lse
+
+
+def causal_attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                              lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of `causal_attention_forward`'s output for q, k and v."""
+    ops = native()
+    if ops is not None and q.dtype == torch.float32:
+        return ops.causal_attention_backward(grad, q, k, v, out, lse)
+    rep = q.shape[1] // k.shape[1]
+    scale = q.shape[-1] ** -0.5
+    p = torch.exp(_attention_scores(q, k) - lse.unsqueeze(-1))
+    kr, vr = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    dv = (p.transpose(-1, -2) @ grad).unflatten(1, (-1, rep)).sum(2)
+    dp = grad @ vr.transpose(-1, -2)
+    ds = p * (dp - (grad * out).sum(-1, keepdim=True)) * scale
+    dq = ds @ kr
+    dk = (ds.transpose(-1, -2) @ q).unflatten(1, (-1, rep)).sum(2)
+    return dq, dk, dv
+
+
+def _attention_scores(q: Tensor, k: Tensor) -> Tensor:
+    """Scaled causal scores [B, H, T, T], -inf above the diagonal."""
+    T = q.shape[2]
+    kr = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    s = (q @ kr.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))

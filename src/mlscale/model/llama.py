@@ -14,8 +14,9 @@ activation checkpointing and torch.compile are applied from outside (`train/para
 When the projections are plain nn.Linear layers, q/k/v (and gate/up) run as one matrix
 multiply over their concatenated weights; LoRA, quantised or hooked layers (tensor
 parallelism) are called one by one instead. The parameters stay separate either way.
-In fp32 eager training on CPU those fused pieces (and RMSNorm) run through hand-written
-backward passes (`model/cpu_fused.py`); everywhere else autograd of the code below.
+In fp32 eager training on CPU those fused pieces (and RMSNorm, and short-context causal
+attention) run through hand-written backward passes and fused C++ kernels
+(`model/cpu_fused.py`); everywhere else autograd of the code below.
 
 Three attention paths share one `scaled_dot_product_attention` call:
 - training / scoring: `is_causal=True`, no mask tensor (the fused kernels' fast path);
@@ -175,6 +176,11 @@ class Attention(nn.Module):
         if plain and kv_cache is None and cpu_fused.enabled(x):  # hand-written backward
             q, k, v = cpu_fused.qkv_rope(x, self.q_proj.weight, self.k_proj.weight,
                                          self.v_proj.weight, cos, sin, H, KV)
+            if (mask is None and causal and (self.dropout == 0 or not self.training)
+                    and cpu_fused.causal_attention_fits(T, D)):
+                # its output is a [B, H, T, D] view of [B, T, H, D] memory: no copy below
+                y = cpu_fused.causal_attention(q, k, v)
+                return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
         else:
             if plain:
                 # one matmul for q, k and v instead of three (forward and backward) and one
