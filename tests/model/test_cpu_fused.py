@@ -158,3 +158,23 @@ def test_second_derivatives_are_refused_not_wrong():
     (g,) = torch.autograd.grad(cpu_fused.rms_norm(x, w, 1e-5).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
+
+
+def test_one_position_row_for_the_whole_batch_takes_the_fused_path():
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=11))
+    idx = torch.randint(0, 11, (2, 8))
+    logits = model(idx, position_ids=torch.arange(8)[None])[0]
+    assert torch.allclose(logits, model(idx)[0], atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # inside torch.func
+def test_torch_func_transforms_take_the_composite_path():
+    """vmap/jvp need rules the hand-written Functions do not define: the model steps aside."""
+    from mlscale.model.llama import RMSNorm
+
+    norm = RMSNorm(8, 1e-5)
+    x = torch.randn(3, 4, 8)
+    assert torch.allclose(torch.func.vmap(norm)(x), norm(x), atol=1e-6)
+    _, tangent = torch.func.jvp(norm, (x,), (torch.ones_like(x),))
+    assert tangent.shape == x.shape

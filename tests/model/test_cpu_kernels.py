@@ -191,3 +191,54 @@ def test_causal_attention_gradient_in_any_layout(ops):
 def test_causal_attention_refuses_shapes_it_does_not_tile(ops):
     with pytest.raises(RuntimeError, match="T divisible by 4 and D by 8"):
         ops.causal_attention_forward(torch.randn(1, 1, 6, 8), torch.randn(1, 1, 6, 8), torch.randn(1, 1, 6, 8))
+
+
+@pytest.mark.parametrize("H,KV,T,D", [(2, 1, 12, 8), (4, 1, 20, 16), (4, 2, 36, 24)])
+def test_attention_function_in_fp32_against_float64_autograd(ops, H, KV, T, D):
+    """The autograd Function the model calls, on the compiled kernel, against SDPA in float64."""
+    g = torch.Generator().manual_seed(H * T + D)
+    q = torch.randn(1, H, T, D, generator=g, requires_grad=True)
+    k, v = (torch.randn(1, KV, T, D, generator=g, requires_grad=True) for _ in range(2))
+    out = cpu_fused.causal_attention(q, k, v)
+    grad = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q64, k64, v64, is_causal=True, enable_gqa=KV != H)
+    close(out, ref)
+    for ours, theirs in zip(grads, torch.autograd.grad(ref, (q64, k64, v64), grad.double())):
+        close(ours, theirs, tol=2e-5)
+
+
+def test_results_do_not_depend_on_the_thread_count(ops):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(3, 4, 20, 8, generator=g), torch.randn(3, 2, 20, 8, generator=g), torch.randn(3, 2, 20, 8, generator=g)
+    x, grad, w = torch.randn(300, 40, generator=g), torch.randn(300, 40, generator=g), torch.rand(40, generator=g)
+    threads = torch.get_num_threads()
+
+    def run():
+        out, lse = ops.causal_attention_forward(q, k, v)
+        return (out, *ops.causal_attention_backward(torch.ones_like(out), q, k, v, out, lse),
+                *ops.rms_norm_backward(grad, x, w, 1e-5))
+
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_mismatched_or_empty_shapes_are_refused_not_read_out_of_bounds(ops):
+    q = k = v = torch.randn(1, 1, 64, 8)
+    out, lse = ops.causal_attention_forward(q, k, v)
+    small = torch.randn(1, 1, 4, 8)
+    with pytest.raises(RuntimeError, match="shaped like q"):
+        ops.causal_attention_backward(small, q, k, v, small, lse)
+    with pytest.raises(RuntimeError, match="width > 0"):
+        ops.swiglu_forward(torch.randn(3, 0))
+    with pytest.raises(RuntimeError, match="width > 0"):
+        ops.rms_norm_backward(torch.randn(3, 0), torch.randn(3, 0), torch.randn(0), 1e-5)
+    with pytest.raises(RuntimeError, match="KV dividing H"):
+        ops.causal_attention_forward(q, torch.randn(1, 0, 64, 8), torch.randn(1, 0, 64, 8))

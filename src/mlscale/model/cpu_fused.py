@@ -34,6 +34,8 @@ def enabled(x: Tensor) -> bool:
     compiled kernels built (their PyTorch-op fallbacks are slower than plain autograd)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            # vmap/jvp/grad of torch.func need rules these Functions do not define
+            and not torch._C._are_functorch_transforms_active()
             and cpu_kernels.native() is not None)
 
 
@@ -71,6 +73,8 @@ class _QKVRope(torch.autograd.Function):
         B, T, C = x.shape
         H, KV = n_head, kv_heads
         D = wq.shape[0] // H
+        if cos.dim() == 3 and cos.shape[0] == 1:  # position_ids [1, T]: one table for the batch
+            cos, sin = cos[0], sin[0]
         w = torch.cat((wq, wk, wv))
         qkv = torch.mm(x.reshape(B * T, C), w.t()).view(B, T, H + 2 * KV, D)
         # rotated q and k are written straight into the [B, heads, T, D] layout that

@@ -1,13 +1,13 @@
-// Fused CPU kernels for the elementwise parts of a Llama block in fp32 training.
+// Fused CPU kernels for a Llama block in fp32 training.
 //
 // Autograd runs RMSNorm's backward as eight elementwise passes, SwiGLU's activation as
 // silu, a multiply, and in backward a silu_backward that evaluates the exponential again,
 // and rotate-half rotary as eight half-width passes and a concatenation. On a CPU, where
 // the matrix multiplies already run near peak, those passes over memory are what is left
-// to save: each kernel here reads its inputs once and writes its outputs once.
-// `cpu_kernels.py` builds this file on first use (cached)
-// and holds the same arithmetic in PyTorch ops, for machines without a compiler and as
-// the reference the tests compare against.
+// to save: each kernel here reads its inputs once and writes its outputs once. Causal
+// attention over short contexts (at the end) keeps a whole row of scores in L1 instead of
+// calling a tiled GEMM per block. `cpu_kernels.py` builds this file on first use (cached)
+// and holds the same arithmetic in PyTorch ops, the reference the tests compare against.
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -31,8 +31,9 @@ void check_fp32_cpu(const Tensor& t, const char* name) {
 
 // exp(x) for float, written so the compiler vectorises the loops that call it (libm's
 // expf is a scalar call). Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, and
-// Cephes' degree-6 polynomial for e^r: within 2 ulp of expf over [-87.3, 88.3], outside
-// which the argument is clamped (sigmoid only needs the saturated ends); NaN stays NaN.
+// Cephes' degree-6 polynomial for e^r: within 2 ulp of expf over [-87.3, 88.3]. Outside
+// it the argument is clamped, so exp(-inf) is 1.2e-38 and exp(inf) 2.2e38, not 0 and inf:
+// enough for sigmoid and softmax, which only need the saturated ends. NaN stays NaN.
 inline __attribute__((always_inline)) float exp_f32(float x) {
   x = x < -87.3f ? -87.3f : x;
   x = x > 88.3f ? 88.3f : x;
@@ -47,7 +48,8 @@ inline __attribute__((always_inline)) float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  const float whole = n == n ? n : 0.f;  // converting NaN to an integer is undefined
+  const int32_t bits = (static_cast<int32_t>(whole) + 127) << 23;  // 2^n, n in [-126, 127]
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
@@ -58,8 +60,8 @@ inline __attribute__((always_inline)) float exp_f32(float x) {
 // float store may change them and reloads them in the inner loops (3x slower).
 
 // With rstd = 1 / sqrt(mean(x^2) + eps), xhat = x * rstd and g' = grad * w:
-// dx = rstd * (g' - xhat * mean(g' * xhat)), and grad_w (this thread's partial sum over
-// its rows) += grad * xhat. rstd is recomputed from the row of x, which is read anyway.
+// dx = rstd * (g' - xhat * mean(g' * xhat)), and grad_w (the partial sum of these rows)
+// += grad * xhat. rstd is recomputed from the row of x, which is read anyway.
 void rms_norm_backward_rows(const float* grad, const float* x, const float* w, float eps, float* grad_x,
                             float* grad_w, int64_t begin, int64_t end, int64_t C) {
   const float inv_c = 1.f / static_cast<float>(C);
@@ -190,7 +192,9 @@ void qkv_rope_backward_rows(HeadGrads gq, HeadGrads gk, HeadGrads gv, const floa
 // Rows go in blocks of 4 and channels in 8-wide vectors (GCC/Clang vector extensions),
 // so each key or value vector loaded feeds four multiply-adds held in registers.
 // Grouped-query heads: q head h reads kv head h / (H / KV), as repeat_interleave does.
-// Needs T % 4 == 0 and D % 8 == 0 (the Python side checks, else takes SDPA).
+// Needs T % 4 == 0 and D % 8 == 0 (the Python side checks, else takes SDPA). Masked keys
+// get weight 0, which keeps a NaN or inf in a later key or value out of an earlier row
+// only outside that row's block of 4 (0 * NaN is NaN); SDPA spreads it to every row.
 // Attention differs from SDPA in summation order anyway, so its products and sums may
 // fuse into FMAs (the rest of this file keeps PyTorch's unfused rounding).
 #pragma GCC push_options
@@ -239,7 +243,7 @@ inline void block_scores(const float* x, int64_t x_stride, const float* cols, fl
 }
 
 // out[r][:] = sum_{j < n} w[r][j] * rows[j][:] for 4 rows (rows [*, D], out row stride
-// out_stride, w rows Tp long); with accumulate, added to out instead.
+// out_stride, w rows Tp long).
 inline void block_mix(const float* w, const float* rows, float* out, int64_t out_stride, int64_t n, int64_t D,
                       int64_t Tp) {
   for (int64_t d = 0; d < D; d += kLanes) {
@@ -358,27 +362,34 @@ void attention_backward_heads(const float* q, const float* k, const float* v, co
 #pragma GCC pop_options
 
 // ---------------------------------------------------------------------------- operators
-// Rows go to threads in fixed static chunks, each with its own grad_w partial, summed in
-// thread order: the same result on every run with the same thread count.
+// grad_w is summed in fixed blocks of rows, one partial each, then over the blocks: the
+// same result for any thread count, and a short float sum per block.
+constexpr int64_t kNormBlock = 64;
+
 std::tuple<Tensor, Tensor> rms_norm_backward(const Tensor& grad_in, const Tensor& x_in, const Tensor& w_in,
                                              double eps) {
   check_fp32_cpu(grad_in, "grad");
   check_fp32_cpu(x_in, "x");
   check_fp32_cpu(w_in, "weight");
+  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, "mlscale cpu kernels: rms_norm_backward needs rows of width > 0");
   const Tensor g = grad_in.contiguous(), x = x_in.contiguous(), w = w_in.contiguous();
   const int64_t C = x.size(-1), N = x.numel() / C;
   TORCH_CHECK(g.numel() == x.numel() && w.numel() == C, "mlscale cpu kernels: rms_norm_backward got grad of ",
               g.numel(), " and weight of ", w.numel(), " elements for ", N, " rows of ", C);
+  const int64_t blocks = (N + kNormBlock - 1) / kNormBlock;
   Tensor grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
-  Tensor partial = at::zeros({at::get_num_threads(), C}, x.options());
+  Tensor partial = at::zeros({std::max<int64_t>(blocks, 1), C}, x.options());
   const float* gp = g.const_data_ptr<float>();
   const float* xp = x.const_data_ptr<float>();
   const float* wp = w.const_data_ptr<float>();
   float* gxp = grad_x.mutable_data_ptr<float>();
   float* pp = partial.mutable_data_ptr<float>();
   const float feps = static_cast<float>(eps);
-  at::parallel_for(0, N, 16, [=](int64_t begin, int64_t end) {
-    rms_norm_backward_rows(gp, xp, wp, feps, gxp, pp + at::get_thread_num() * C, begin, end, C);
+  at::parallel_for(0, blocks, 1, [=](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      rms_norm_backward_rows(gp, xp, wp, feps, gxp, pp + blk * C, blk * kNormBlock,
+                             std::min(N, (blk + 1) * kNormBlock), C);
+    }
   });
   return {grad_x, partial.sum(0)};
 }
@@ -386,7 +397,8 @@ std::tuple<Tensor, Tensor> rms_norm_backward(const Tensor& grad_in, const Tensor
 std::tuple<Tensor, Tensor> swiglu_forward(const Tensor& h_in) {
   check_fp32_cpu(h_in, "h");
   const Tensor h = h_in.contiguous();
-  TORCH_CHECK(h.size(-1) % 2 == 0, "mlscale cpu kernels: swiglu needs [gate | up] rows of even width");
+  TORCH_CHECK(h.dim() >= 1 && h.size(-1) > 0 && h.size(-1) % 2 == 0,
+              "mlscale cpu kernels: swiglu needs [gate | up] rows of even width > 0, got ", h.sizes());
   const int64_t F = h.size(-1) / 2, N = h.numel() / (2 * F);
   Tensor a = at::empty({N, F}, h.options()), sig = at::empty({N, F}, h.options());
   const float* hp = h.const_data_ptr<float>();
@@ -400,6 +412,8 @@ Tensor swiglu_backward(const Tensor& grad_in, const Tensor& h_in, const Tensor& 
   check_fp32_cpu(grad_in, "grad");
   check_fp32_cpu(h_in, "h");
   const Tensor ga = grad_in.contiguous(), h = h_in.contiguous(), sig = sig_in.contiguous();
+  TORCH_CHECK(h.dim() >= 1 && h.size(-1) > 0 && h.size(-1) % 2 == 0,
+              "mlscale cpu kernels: swiglu needs [gate | up] rows of even width > 0, got ", h.sizes());
   const int64_t F = h.size(-1) / 2, N = h.numel() / (2 * F);
   TORCH_CHECK(ga.numel() == N * F && sig.numel() == N * F,
               "mlscale cpu kernels: swiglu_backward got mismatched shapes");
@@ -484,7 +498,7 @@ AttentionShape attention_shape(const Tensor& q, const Tensor& k, const Tensor& v
   check_fp32_cpu(k, "k");
   check_fp32_cpu(v, "v");
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && q.size(0) == k.size(0) &&
-                  q.size(2) == k.size(2) && q.size(3) == k.size(3) && q.size(1) % k.size(1) == 0,
+                  q.size(2) == k.size(2) && q.size(3) == k.size(3) && k.size(1) > 0 && q.size(1) % k.size(1) == 0,
               "mlscale cpu kernels: attention needs q [B, H, T, D] and k, v [B, KV, T, D] with KV dividing H, got ",
               q.sizes(), " and ", k.sizes());
   TORCH_CHECK(q.size(2) % kRows == 0 && q.size(3) % kLanes == 0,
@@ -520,8 +534,10 @@ std::tuple<Tensor, Tensor, Tensor> causal_attention_backward(const Tensor& grad_
   const Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), lse = lse_in.contiguous();
   // [B, T, H, D] memory for both: a no-op for what forward returned
   const Tensor out = out_in.transpose(1, 2).contiguous(), dout = grad_in.transpose(1, 2).contiguous();
-  TORCH_CHECK(out.sizes() == dout.sizes() && out.size(2) == a.H && lse.numel() == a.B * a.H * a.T,
-              "mlscale cpu kernels: attention backward got mismatched shapes");
+  TORCH_CHECK(out_in.sizes() == q_in.sizes() && grad_in.sizes() == q_in.sizes() &&
+                  lse.sizes() == at::IntArrayRef({a.B, a.H, a.T}),
+              "mlscale cpu kernels: attention backward needs grad and out shaped like q ", q_in.sizes(),
+              " and lse [B, H, T], got ", grad_in.sizes(), ", ", out_in.sizes(), " and ", lse.sizes());
   Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   const float* qp = q.const_data_ptr<float>();
   const float* kp = k.const_data_ptr<float>();
