@@ -68,8 +68,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     try:
         summary = pretrain(cfg, args.data, args.out, resume=args.resume, force=args.force)
-    finally:
-        destroy_distributed()
+    except BaseException:
+        destroy_distributed(finished=False)
+        raise
+    destroy_distributed()
     if not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0

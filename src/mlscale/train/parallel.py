@@ -94,8 +94,14 @@ def rank_device(device: torch.device, env: DistEnv) -> torch.device:
     return torch.device("cuda", env.local_rank) if device.type == "cuda" else device
 
 
-def destroy_distributed() -> None:
+def destroy_distributed(finished: bool = True) -> None:
+    """Leave the process group. After a finished run, first wait for every rank: a rank that
+    tears gloo down while a peer still has work in flight can abort that peer at exit
+    ("terminate called without an active exception"). After a failure, no barrier: the
+    other ranks may never arrive."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
