@@ -82,7 +82,8 @@ def native() -> Any | None:
         flags = _compiler_flags()
         digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
         name = f"mlscale_cpu_kernels_{torch.backends.cpu.get_cpu_capability().lower()}_{digest}"
-        build = (Path(get_default_build_root()) / "mlscale"
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+        build = (Path(root) / "mlscale"
                  / f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}" / name)
         build.mkdir(parents=True, exist_ok=True)
         _put_ninja_on_path()
