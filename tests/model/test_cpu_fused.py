@@ -42,6 +42,7 @@ def test_qkv_rope_matches_composite_attention_and_gradients(H, KV, packed):
     for a, b in zip(fused, ref):
         assert a.is_contiguous() and torch.allclose(a, b, atol=1e-12)
     y_ref, y = attend(*ref), attend(*fused)
+    assert torch.allclose(y, y_ref, atol=1e-12)
     gy = torch.randn(y.shape, dtype=y.dtype, generator=g)
     grads_ref = torch.autograd.grad(y_ref, [x, *ws], gy)
     grads = torch.autograd.grad(y, [x, *ws], gy)

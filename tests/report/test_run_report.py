@@ -2,7 +2,6 @@
 its tables are there."""
 from __future__ import annotations
 
-import gzip
 import re
 import shutil
 import subprocess
@@ -10,41 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mlscale.cli import main
-from mlscale.data import DATA_DIR
+from experiment_helpers import write_tiny_experiment
 
-# the bundled CCNet sample (10 real documents) and a slice of Shakespeare, a 1-layer model:
-# every section of the report, in seconds
-EXPERIMENT = """\
-name = "report test"
-[inputs]
-documents = ["{documents}"]
-text = ["play.txt"]
-passage_chars = 400
-[curate]
-workers = 1
-[tokenize.tokenizer]
-kind = "char"
-[pretrain.model]
-n_layer = 1
-n_head = 2
-d_model = 32
-seq_len = 32
-[pretrain.train]
-batch_size = 8
-max_steps = 30
-warmup_steps = 5
-eval_every = 10
-eval_batches = 2
-checkpoint_every = 30
-log_every = 10
-[evaluate]
-max_tokens = 2000
-[generate]
-prompts = ["ROMEO:"]
-max_new_tokens = 16
-num_samples = 1
-"""
+from mlscale.cli import main
+
 SECTIONS = ["Stages", "Curation", "Tokens", "Training", "Evaluation", "Samples", "Configuration",
             "Environment"]
 
@@ -72,11 +40,10 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # the tiny experiment (real documents, a slice of Shakespeare, a 1-layer model): every
+    # section of the report, in seconds
     root = tmp_path_factory.mktemp("report")
-    text = gzip.open(DATA_DIR / "tinyshakespeare.txt.gz", "rt", encoding="utf-8").read()[:15_000]
-    (root / "play.txt").write_text(text, encoding="utf-8")
-    toml = root / "experiment.toml"
-    toml.write_text(EXPERIMENT.format(documents=DATA_DIR / "ccnet-cc_en_head-0091.jsonl.zst"))
+    toml = write_tiny_experiment(root)
     assert main(["run", str(toml), "--out", str(root / "out")]) == 0
     return root / "out" / "report.html"
 

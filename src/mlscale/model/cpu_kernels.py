@@ -137,12 +137,6 @@ def swiglu_backward(grad: Tensor, h: Tensor, sig: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ rotary
-def _rotary_tables(cos: Tensor, sin: Tensor, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """[(B,) T, D] tables -> halves (cos1, cos2, sin1, sin2), each [(B,) T, 1, D/2]."""
-    c, s = cos.to(dtype).unsqueeze(-2), sin.to(dtype).unsqueeze(-2)
-    return (*c.chunk(2, dim=-1), *s.chunk(2, dim=-1))
-
-
 def qkv_rope_forward(qkv: Tensor, cos: Tensor, sin: Tensor, n_head: int,
                      kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """qkv [B, T, n_head + 2 kv_heads, D] -> rotated q [B, H, T, D], rotated k and v [B, KV, T, D].
@@ -152,10 +146,10 @@ def qkv_rope_forward(qkv: Tensor, cos: Tensor, sin: Tensor, n_head: int,
     ops = native()
     if ops is not None and qkv.dtype == torch.float32:
         return ops.qkv_rope_forward(qkv, cos, sin, n_head, kv_heads)
+    from mlscale.model.llama import apply_rotary  # the model's own rotary (llama imports this module)
+
     H, KV = n_head, kv_heads
-    c1, c2, s1, s2 = _rotary_tables(cos, sin, qkv.dtype)
-    x1, x2 = qkv[:, :, :H + KV].chunk(2, dim=-1)
-    qk = torch.cat((x1 * c1 - x2 * s1, x2 * c2 + x1 * s2), dim=-1)
+    qk = apply_rotary(qkv[:, :, :H + KV], cos, sin)
     return tuple(part.transpose(1, 2).contiguous() for part in (qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]))
 
 
@@ -164,10 +158,10 @@ def qkv_rope_backward(grad_q: Tensor, grad_k: Tensor, grad_v: Tensor, cos: Tenso
     ops = native()
     if ops is not None and grad_q.dtype == torch.float32:
         return ops.qkv_rope_backward(grad_q, grad_k, grad_v, cos, sin)
-    c1, c2, s1, s2 = _rotary_tables(cos, sin, grad_q.dtype)
-    g1, g2 = torch.cat((grad_q, grad_k), dim=1).transpose(1, 2).chunk(2, dim=-1)
-    # a rotation's gradient is the inverse rotation
-    gqk = torch.cat((g1 * c1 + g2 * s2, g2 * c2 - g1 * s1), dim=-1)
+    from mlscale.model.llama import apply_rotary
+
+    # a rotation's gradient is the inverse rotation: the same angles, negated
+    gqk = apply_rotary(torch.cat((grad_q, grad_k), dim=1).transpose(1, 2), cos, -sin)
     return torch.cat((gqk, grad_v.transpose(1, 2)), dim=2)
 
 

@@ -173,14 +173,10 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, D = self.n_head, self.kv_heads, self.head_dim
         plain = _plain(self.q_proj, self.k_proj, self.v_proj)
-        if plain and kv_cache is None and cpu_fused.enabled(x):  # hand-written backward
+        fused = plain and kv_cache is None and cpu_fused.enabled(x)
+        if fused:  # hand-written backward
             q, k, v = cpu_fused.qkv_rope(x, self.q_proj.weight, self.k_proj.weight,
                                          self.v_proj.weight, cos, sin, H, KV)
-            if (mask is None and causal and (self.dropout == 0 or not self.training)
-                    and cpu_fused.causal_attention_fits(T, D)):
-                # its output is a [B, H, T, D] view of [B, T, H, D] memory: no copy below
-                y = cpu_fused.causal_attention(q, k, v)
-                return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
         else:
             if plain:
                 # one matmul for q, k and v instead of three (forward and backward) and one
@@ -196,14 +192,19 @@ class Attention(nn.Module):
                 v = self.v_proj(x).view(B, T, KV, D)
             # [B, heads, T, head_dim] views: SDPA takes strided inputs, no copies needed
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if kv_cache is not None:
-            k, v = kv_cache.update(self.layer, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            # grouped-query heads are broadcast inside the kernel instead of copied
-            enable_gqa=KV != H,
-        )
+        if (fused and mask is None and causal and (self.dropout == 0 or not self.training)
+                and cpu_fused.causal_attention_fits(T, D)):
+            # its output is a [B, H, T, D] view of [B, T, H, D] memory: the reshape below is free
+            y = cpu_fused.causal_attention(q, k, v)
+        else:
+            if kv_cache is not None:
+                k, v = kv_cache.update(self.layer, k, v)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal,
+                dropout_p=self.dropout if self.training else 0.0,
+                # grouped-query heads are broadcast inside the kernel instead of copied
+                enable_gqa=KV != H,
+            )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
 
 
