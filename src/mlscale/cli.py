@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("tokenize", "mlscale.tokenize.command", "documents -> tokenizer and token shards"),
     ("pretrain", "mlscale.train.command", "token shards -> trained LLaMA-style model"),
     ("finetune", "mlscale.finetune.command", "instruction (SFT) or preference (DPO) tuning, LoRA/QLoRA"),
+    ("train", "mlscale.train.train_command", "any task on any model family (--task lm|sft|dpo|...)"),
     ("evaluate", "mlscale.evaluate.command", "loss, perplexity and bits per byte of a run"),
     ("generate", "mlscale.evaluate.generate_command", "sample text from a run (KV cache, top-k/top-p)"),
     ("export", "mlscale.export.command", "write a run as a Hugging Face model directory"),
@@ -38,6 +39,7 @@ examples:
   mlscale curate data/*.warc.gz --out curated
   mlscale tokenize curated --out tokens --vocab-size 8192
   mlscale pretrain --data tokens --out run --train.max_steps=2000
+  mlscale train --task lm --data tokens --out run --model.family=llama
   mlscale generate run --prompt "ROMEO:" --top-p 0.9
 """
 

@@ -37,10 +37,19 @@ def option(
     min: float | None = None,
     max: float | None = None,
     default_factory: Any = _MISSING,
+    select: tuple[str, Any] | None = None,
+    resumable: bool = False,
 ) -> Any:
-    """A dataclass field with help text and optional choices / inclusive bounds."""
+    """A dataclass field with help text and optional choices / inclusive bounds.
+
+    select: `(key, resolve)` for a section whose dataclass depends on one of its own
+    values, e.g. `("family", model_config_class)` for `model`: `model.family` names the
+    dataclass (`resolve(name) -> type`) that the rest of the section must fit.
+    resumable: the key may change when an interrupted run is resumed (it steers the
+    hardware, bookkeeping or length of the run, not what has been learnt so far).
+    """
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "min": min, "max": max}
+            "min": min, "max": max, "select": select, "resumable": resumable}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -171,7 +180,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if name not in fields:
             valid = [prefix + n for n in fields]
             raise ConfigError(f"unknown config key '{key}'{_suggest(key, valid)}")
-        value = _coerce(value, hints[name], key)
+        selected = _selected_class(fields[name], value, key)
+        value = _coerce(value, selected or hints[name], key)
         _check_bounds(fields[name], value, key)
         kwargs[name] = value
     try:
@@ -182,6 +192,46 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     if callable(validate):
         validate()
     return obj
+
+
+def _selected_class(f: dataclasses.Field, value: Any, key: str) -> type | None:
+    """The dataclass a `select` section's value names (see `option`), or None."""
+    select = f.metadata.get("select")
+    if select is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table of settings, got {value!r}")
+    selector, resolve = select
+    name = value.get(selector)
+    if name is None:  # the default's own choice
+        name = getattr(f.default_factory(), selector)  # type: ignore[misc]
+    return resolve(str(name))
+
+
+def resumable_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of the fields of config `cfg` declared `resumable` (see `option`)."""
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += resumable_keys(value, prefix + f.name + ".")
+        elif f.metadata.get("resumable"):
+            keys.append(prefix + f.name)
+    return keys
+
+
+def without_keys(config: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """A deep copy of the config dict without the dotted `keys`."""
+    import copy
+
+    out = copy.deepcopy(config)
+    for key in keys:
+        *path, name = key.split(".")
+        node = out
+        for part in path:
+            node = node.get(part, {})
+        node.pop(name, None)
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -287,6 +337,8 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        if f.metadata.get("select") is not None:  # the default choice's keys
+            tp = type(f.default_factory())  # type: ignore[misc]
         if dataclasses.is_dataclass(tp):
             rows += describe(tp, prefix + f.name + ".")
             continue

@@ -87,7 +87,7 @@ def test_the_reloaded_finetuned_model_is_the_trained_one(tmp_path, base_run, alp
 
 
 def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, base_run, alpaca_file, monkeypatch):
-    import mlscale.finetune.loop as loop
+    import mlscale.train.trainer as loop
 
     cfg = config(train={"max_steps": 6, "checkpoint_every": 2}, lora={"dropout": 0.1})
     finetune(cfg, base_run, alpaca_file, tmp_path / "straight")
@@ -102,7 +102,10 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, base_run, alpa
     monkeypatch.setattr(loop, "lr_at", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg, base_run, alpaca_file, tmp_path / "resumed")
-    assert (tmp_path / "resumed" / "checkpoint" / "state.json").exists()
+    # pretraining's checkpoint format: the checkpoints of steps 2 and 4, nothing after them
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == \
+        ["step-00000002", "step-00000004"]
+    assert (tmp_path / "resumed" / "checkpoints" / "step-00000004" / "state.json").exists()
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     monkeypatch.setattr(loop, "lr_at", real)
     finetune(cfg, base_run, alpaca_file, tmp_path / "resumed")
@@ -150,10 +153,10 @@ def test_dpo_prefers_the_chosen_answers_and_caches_the_reference(tmp_path, base_
     assert summary["final_val_reward_margin"] > 0.1 and summary["final_val_reward_accuracy"] >= 0.75
 
     # rerunning after an interruption reuses the cached reference, never the trained policy
-    import mlscale.finetune.loop as loop
+    import mlscale.finetune.dpo as dpo
 
     (out / "manifest.json").unlink()
-    monkeypatch.setattr(loop, "reference_logps", lambda *a, **k: pytest.fail("reference recomputed"))
+    monkeypatch.setattr(dpo, "reference_logps", lambda *a, **k: pytest.fail("reference recomputed"))
     finetune(cfg, base_run, data, out)
 
 

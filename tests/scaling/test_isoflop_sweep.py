@@ -13,8 +13,8 @@ from mlscale.scaling.sweep import choose_depths, plan_runs, sweep
 from mlscale.scaling.table import read_table
 from mlscale.tokenize.tokenizer import load_tokenizer
 from mlscale.train.config import PretrainConfig
+from sample_data import shakespeare_text
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 BUDGETS = [2e8, 4e8]
 
 
@@ -31,7 +31,7 @@ def tiny_base() -> PretrainConfig:
 def tok_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep-data")
     text = root / "shakespeare.txt"
-    text.write_text(SHAKESPEARE.read_text("utf-8")[:40_000], "utf-8")
+    text.write_text(shakespeare_text()[:40_000], "utf-8")
     assert main(["tokenize", str(text), "--out", str(root / "tok"), "--tokenizer", "char", "--quiet"]) == 0
     return root / "tok"
 
@@ -63,8 +63,9 @@ def test_planned_runs_spend_their_budget_with_the_models_own_flops():
 
 def test_tiny_sweep_runs_resumes_and_feeds_the_fit(tmp_path, tok_dir, monkeypatch, capsys):
     import mlscale.train.loop as loop
+    import mlscale.train.trainer as trainer
 
-    real_pretrain, real_save = loop.pretrain, loop.save_checkpoint
+    real_pretrain, real_save = loop.pretrain, trainer.save_checkpoint
     calls: list[str] = []
 
     def counting(cfg, data_dir, out_dir, resume=False, **kw):
@@ -78,7 +79,7 @@ def test_tiny_sweep_runs_resumes_and_feeds_the_fit(tmp_path, tok_dir, monkeypatc
 
     out = tmp_path / "sweep"
     monkeypatch.setattr(loop, "pretrain", counting)
-    monkeypatch.setattr(loop, "save_checkpoint", crash_in_third_run)
+    monkeypatch.setattr(trainer, "save_checkpoint", crash_in_third_run)
     with pytest.raises(KeyboardInterrupt):
         sweep(tiny_base(), tok_dir, out, BUDGETS, sizes=2)
     finished = (out / "runs.csv").read_text().splitlines()
@@ -87,7 +88,7 @@ def test_tiny_sweep_runs_resumes_and_feeds_the_fit(tmp_path, tok_dir, monkeypatc
     assert [p.name for p in (interrupted_run / "checkpoints").iterdir()] == ["step-00000010"]
 
     calls.clear()
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     manifest = sweep(tiny_base(), tok_dir, out, BUDGETS, sizes=2)
     assert calls == [interrupted_run.name, "C4e+08-d2"]  # finished runs skipped
     assert f"resuming {interrupted_run}" in capsys.readouterr().out

@@ -10,14 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 import mlscale.train.loop as loop
+import mlscale.train.trainer as trainer
+from mlscale.tasks.lm import LanguageModeling
 from mlscale.cli import main
 from mlscale.config import from_dict, load_config
 from mlscale.errors import ArtifactError, InputError
 from mlscale.train.checkpoint import list_checkpoints, load_run
 from mlscale.train.config import PretrainConfig
 from mlscale.train.metrics import read_metrics
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
+from sample_data import shakespeare_text
 
 
 def make_tokens(root: Path, name: str, text: str) -> Path:
@@ -32,7 +33,7 @@ def make_tokens(root: Path, name: str, text: str) -> Path:
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory) -> Path:
-    text = SHAKESPEARE.read_text()[:40_000]
+    text = shakespeare_text()[:40_000]
     return make_tokens(tmp_path_factory.mktemp("tok"), "shakespeare", text)
 
 
@@ -55,7 +56,7 @@ def test_resume_after_interruption_is_bit_exact(tokens, tmp_path, monkeypatch):
     loop.pretrain(cfg, tokens, whole)
 
     # the same run, interrupted (Ctrl-C) in step 11, after the checkpoint of step 8
-    real = loop.apply_update
+    real = trainer.apply_update
     calls = {"n": 0}
 
     def interrupting(*args, **kwargs):
@@ -64,11 +65,11 @@ def test_resume_after_interruption_is_bit_exact(tokens, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "apply_update", interrupting)
+    monkeypatch.setattr(trainer, "apply_update", interrupting)
     broken = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
         loop.pretrain(cfg, tokens, broken)
-    monkeypatch.setattr(loop, "apply_update", real)
+    monkeypatch.setattr(trainer, "apply_update", real)
     assert [p.name for p in list_checkpoints(broken)] == ["step-00000008"]
     assert max(losses(broken)) == 10
     with pytest.raises(ArtifactError, match="--resume"):
@@ -125,17 +126,17 @@ def test_keep_last_checkpoints_and_extend_on_resume(tokens, tmp_path):
 
 
 def test_non_finite_loss_stops_before_the_update(tokens, tmp_path, monkeypatch):
-    real = loop.forward_loss
+    real = LanguageModeling.loss
     calls = {"n": 0}
 
     def poisoned(*args):
         calls["n"] += 1
-        loss = real(*args)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        loss, metrics = real(*args)
+        return (loss * float("nan") if calls["n"] == 3 else loss), metrics
 
-    monkeypatch.setattr(loop, "forward_loss", poisoned)
+    monkeypatch.setattr(LanguageModeling, "loss", poisoned)
     run = tmp_path / "run"
-    with pytest.raises(loop.TrainingDiverged, match="step 3: non-finite loss .* stopped before the update"):
+    with pytest.raises(trainer.TrainingDiverged, match="step 3: non-finite loss .* stopped before the update"):
         loop.pretrain(tiny(eval_every=0), tokens, run)
     saved = run / "nonfinite-step-00000003"
     assert (saved / "model.safetensors").exists() and (saved / "gradients.safetensors").exists()

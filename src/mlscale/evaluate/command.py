@@ -43,8 +43,8 @@ def evaluate_run(run_dir: Path, data: Path | None = None, split: str = "val", st
     from mlscale.errors import ArtifactError, InputError
     from mlscale.evaluate.metrics import LossTotals, evaluate_tokens, summarize
     from mlscale.train.checkpoint import TOKENIZER, load_run, run_data_dir
-    from mlscale.train.device import resolve_device
-    from mlscale.train.loop import open_token_data
+    from mlscale.runtime.device import resolve_device
+    from mlscale.tasks.lm import open_token_data
 
     dev = resolve_device(device)
     loaded = load_run(run_dir, step=step, device=dev)

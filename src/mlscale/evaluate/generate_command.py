@@ -49,7 +49,7 @@ def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 256, tempera
     from mlscale.errors import ConfigError
     from mlscale.evaluate.sampling import check_sampling, generate
     from mlscale.train.checkpoint import load_run
-    from mlscale.train.device import resolve_device
+    from mlscale.runtime.device import resolve_device
 
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")

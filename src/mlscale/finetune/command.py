@@ -12,8 +12,11 @@ Every turn is rendered with one prompt template (template.text, recorded with th
 adapter); prompt tokens are masked out of the loss and examples are packed into rows.
 --method lora/qlora trains adapters only (qlora on a frozen NF4 4-bit base) and writes
 FT/adapter/ in PEFT's layout; full trains every weight and writes FT/model.safetensors.
-Rerunning the same command resumes an interrupted run; `mlscale generate FT` and
-`mlscale evaluate FT --data FILE` use the fine-tuned model.
+It runs in the one trainer as the sft or dpo task (`mlscale train --task sft|dpo
+--base BASE` is the same), so it has pretraining's checkpoints (FT/checkpoints/),
+exact resume and --nproc N / torchrun with DDP (or --parallel.strategy=fsdp).
+Rerunning the same command (or with --resume) resumes an interrupted run; `mlscale
+generate FT` and `mlscale evaluate FT --data FILE` use the fine-tuned model.
 """
 from __future__ import annotations
 
@@ -21,11 +24,10 @@ import argparse
 import json
 from pathlib import Path
 
-from mlscale.config import describe
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mlscale.finetune.config import FINETUNE_DEFAULTS, METHODS, OBJECTIVES, FinetuneConfig
+    from mlscale.train.launch import add_run_arguments, settings_table
 
     parser.add_argument("base", type=Path, metavar="BASE",
                         help="mlscale run directory or Hugging Face Llama directory")
@@ -33,26 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="FT", help="output directory")
     parser.add_argument("--method", choices=METHODS, help="full | lora | qlora (default lora)")
     parser.add_argument("--objective", choices=OBJECTIVES, help="sft | dpo (default sft)")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
-    parser.add_argument("--force", action="store_true", help="delete FT first and start over")
+    add_run_arguments(parser, "fine-tuning run")
     # fine-tuning's own defaults replace pretraining's in the table
-    own = {f"{section}.{key}": repr(value) for section, values in FINETUNE_DEFAULTS.items()
-           for key, value in values.items()}
-    rows = [(key, tp, own.get(key, default), help_) for key, tp, default, help_ in describe(FinetuneConfig)]
-    width = max(len(r[0]) for r in rows)
-    parser.epilog = "settings (--section.key=value; train.* as in pretrain):\n" + "\n".join(
-        f"  {key:<{width}}  {default:<10} {help_.splitlines()[0] if help_ else ''}"
-        for key, _, default, help_ in rows)
+    parser.epilog = settings_table(FinetuneConfig, FINETUNE_DEFAULTS)
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from mlscale.config import load_config, merge, parse_overrides
+    from mlscale.config import from_dict
     from mlscale.finetune.config import FINETUNE_DEFAULTS, FinetuneConfig
     from mlscale.finetune.loop import finetune
+    from mlscale.train.launch import passthrough_argv, raw_settings, relaunch, run_and_report
 
     flags = {k: v for k, v in (("method", args.method), ("objective", args.objective)) if v}
-    ov = merge(parse_overrides(overrides), flags)
-    cfg = load_config(FinetuneConfig, args.config, ov, base=FINETUNE_DEFAULTS)
-    summary = finetune(cfg, args.base, args.data, args.out, force=args.force)
-    print(json.dumps(summary, indent=2))
-    return 0
+    raw = raw_settings(args, overrides, defaults=FINETUNE_DEFAULTS)
+    if args.nproc > 1:
+        return relaunch(args.nproc, passthrough_argv(
+            args, ["finetune", str(args.base), "--data", str(args.data), "--out", str(args.out)],
+            ("--method", "--objective", "--config", "--preset", "--resume", "--force"), overrides))
+    cfg = from_dict(FinetuneConfig, {**raw, **flags})
+    return run_and_report(lambda: finetune(cfg, args.base, args.data, args.out, force=args.force))

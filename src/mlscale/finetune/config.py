@@ -5,14 +5,9 @@ from dataclasses import dataclass
 
 from mlscale.config import option
 from mlscale.errors import ConfigError
-from mlscale.train.config import TrainConfig
+from mlscale.model.lora_config import LoraConfig
+from mlscale.train.config import ParallelConfig, TrainConfig
 
-# LoRA target short name -> (sub-layer, projection) inside a Block of mlscale.model.llama
-TARGETS: dict[str, tuple[str, str]] = {
-    "q": ("attn", "q_proj"), "k": ("attn", "k_proj"), "v": ("attn", "v_proj"),
-    "o": ("attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
-    "down": ("mlp", "down_proj"),
-}
 METHODS = ("full", "lora", "qlora")
 OBJECTIVES = ("sft", "dpo")
 FORMATS = ("auto", "alpaca", "self_instruct", "chat", "prompt_completion", "preference")
@@ -20,27 +15,6 @@ FORMATS = ("auto", "alpaca", "self_instruct", "chat", "prompt_completion", "pref
 RUN_INFO = "finetune.json"  # FT/finetune.json: what a fine-tuned run is and where its base is
 PROMPT, RESPONSE = "{prompt}", "{response}"
 BOS_MARK, EOS_MARK = "<|bos|>", "<|eos|>"
-
-
-@dataclass
-class LoraConfig:
-    """Shape of the LoRA adapters (Hu et al. 2021); the modules live in mlscale.model.lora."""
-
-    r: int = option(8, "rank of the low-rank update", min=1)
-    alpha: float = option(16.0, "scaling numerator: the update is multiplied by alpha / r", min=0.0)
-    dropout: float = option(0.0, "dropout on the adapter's input (training only)", min=0.0, max=1.0)
-    targets: list[str] = option(["q", "k", "v", "o", "gate", "up", "down"],
-                                "projections that get an adapter", choices=tuple(TARGETS))
-
-    def validate(self) -> None:
-        if not self.targets:
-            raise ConfigError("lora.targets is empty; name at least one of " + ",".join(TARGETS))
-        if len(set(self.targets)) != len(self.targets):
-            raise ConfigError(f"lora.targets lists a projection twice: {','.join(self.targets)}")
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
 
 
 @dataclass
@@ -99,6 +73,8 @@ class FinetuneConfig:
     data: DataConfig = option(default_factory=DataConfig, help="instruction data")
     dpo: DPOConfig = option(default_factory=DPOConfig, help="preference tuning")
     train: TrainConfig = option(default_factory=TrainConfig, help="optimisation (as pretrain)")
+    parallel: ParallelConfig = option(default_factory=ParallelConfig,
+                                      help="data parallelism across torchrun ranks (as pretrain)")
 
     def validate(self) -> None:
         self.lora.validate()

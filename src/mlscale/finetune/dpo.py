@@ -1,4 +1,5 @@
-"""Direct Preference Optimization (Rafailov et al. 2023): the loss and sequence log-probabilities.
+"""Direct Preference Optimization (Rafailov et al. 2023), the `dpo` task: the loss and
+sequence log-probabilities.
 
 With pi the policy being trained and ref the frozen starting model, for a prompt x with
 a preferred answer y_w and a dispreferred y_l:
@@ -19,10 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mlscale.artifacts import fingerprint_obj
+from mlscale.config import to_dict
 from mlscale.errors import ArtifactError
 from mlscale.finetune.data import IGNORE, PreferenceRows
-from mlscale.train.device import autocast
-from mlscale.train.loop import Runtime
+from mlscale.finetune.task import FinetuneTask
+from mlscale.model.lora import disable_adapters
+from mlscale.runtime import Runtime
+from mlscale.runtime.device import autocast
+from mlscale.train.task import register_task
 
 REF_CACHE = "ref_logps.safetensors"
 
@@ -133,3 +139,55 @@ def evaluate_dpo(model: nn.Module, rows: PreferenceRows, ref: tuple[torch.Tensor
     model.train(was)
     loss, stats = dpo_loss(torch.cat(chosen), torch.cat(rejected), ref[0], ref[1], beta)
     return {"val_loss": float(loss), **{f"val_{k}": v for k, v in stats.items()}}
+
+
+@register_task
+class PreferenceTuning(FinetuneTask):
+    """DPO on preference pairs against the frozen starting model's log-probabilities."""
+
+    name = "dpo"
+    objective = "dpo"
+
+    def build_model(self) -> nn.Module:
+        """The model, and the reference log-probabilities while it is still exactly the
+        base (a fresh adapter adds 0), before any checkpoint is loaded into it."""
+        model = super().build_model()
+        cfg, data, runtime = self.cfg, self.data, self.runtime
+        ref_fp = fingerprint_obj({"inputs": self.inputs(), "template": to_dict(cfg.template),
+                                  "seq_len": data.seq_len, "method": cfg.method})
+
+        def refs(rows: PreferenceRows) -> tuple[torch.Tensor, torch.Tensor]:
+            with disable_adapters(model):
+                return reference_logps(model, rows, cfg.train.batch_size, runtime.device, runtime.dtype)
+
+        cache = self.out_dir / REF_CACHE
+        # every rank computes the same values; only rank 0 writes the cache
+        compute = load_or_compute_ref if runtime.is_main else (lambda path, key, fp, fn: fn())
+        self.ref_train = compute(cache, "train", ref_fp, lambda: refs(data.train))
+        self.ref_val = compute(cache, "val", ref_fp, lambda: refs(data.val)) if data.val is not None else None
+        return model
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        pairs = self.rows(index, len(self.data.train))
+        batch = self.data.train.batch(pairs, self.runtime.device)
+        batch["pairs"] = torch.from_numpy(pairs)
+        return batch
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        device, idx = self.runtime.device, batch["pairs"]
+        with autocast(device, self.runtime.dtype):
+            chosen, rejected = pair_logps(model, batch)
+        return dpo_loss(chosen.float(), rejected.float(), self.ref_train[0][idx].to(device),
+                        self.ref_train[1][idx].to(device), self.cfg.dpo.beta)
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["x"] != self.data.train.pad_id).sum())
+
+    def log_suffix(self, metrics: dict[str, float]) -> str:
+        return f" | margin {metrics['reward_margin']:.3f} | acc {metrics['reward_accuracy']:.2f}"
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if self.data.val is None:
+            return {}
+        return evaluate_dpo(model, self.data.val, self.ref_val, self.cfg.dpo.beta,
+                            self.cfg.train.batch_size, self.runtime)

@@ -1,6 +1,6 @@
 """IsoFLOP sweeps: for each compute budget C, several model sizes trained on C FLOPs each.
 
-For a budget C the sizes come from the depth preset (ModelConfig.depth: n_layer = depth,
+For a budget C the sizes come from the depth preset (LlamaConfig.depth: n_layer = depth,
 width 64 * depth). The window of `sizes` consecutive depths is centred, in log N, on a
 prior guess of the compute-optimal size, N ~ sqrt(C / (6 R)) with R tokens per parameter
 (Chinchilla: R ~ 20), so each profile brackets its minimum. Every run trains on
@@ -75,11 +75,13 @@ def model_size(cfg: PretrainConfig) -> tuple[int, int, float]:
     """(parameters, non-embedding parameters, training FLOPs per token) of cfg.model, without allocating it."""
     import torch
 
-    from mlscale.model.llama import Llama
+    from mlscale.model.registry import family_of
 
+    family = family_of(cfg.model)
     with torch.device("meta"):  # shapes only: no memory, no init
-        model = Llama(cfg.model)
-    return model.num_params(), model.num_params(non_embedding=True), float(model.flops_per_token(cfg.model.seq_len))
+        model = family.build(cfg.model)
+    return (model.num_params(), model.num_params(non_embedding=True),
+            float(family.flops_per_sample(cfg.model, model)))
 
 
 def choose_depths(sizes_by_depth: dict[int, int], budget: float, count: int, tokens_per_param: float) -> list[int]:
@@ -158,7 +160,8 @@ def sweep(base: PretrainConfig, data_dir: str | Path, out_dir: str | Path, budge
           sizes: int = 4, tokens_per_param: float = 20.0, force: bool = False) -> dict[str, Any]:
     """Train the IsoFLOP profiles; returns the manifest body (rows of runs.csv under 'runs')."""
     from mlscale.tokenize.tokenizer import load_tokenizer
-    from mlscale.train.loop import open_token_data, pretrain
+    from mlscale.tasks.lm import open_token_data
+    from mlscale.train.loop import pretrain
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     open_token_data(data_dir)  # clear errors for a missing or unfinished token directory

@@ -185,12 +185,16 @@ def checkpoint_step(path: Path) -> int:
 
 def write_checkpoint_dir(target: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                          state: dict[str, Any], config: dict[str, Any],
-                         gathered: tuple[dict, dict | None] | None = None) -> Path:
+                         gathered: tuple[dict, dict | None] | None = None,
+                         extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write one checkpoint to `target` atomically: fill a hidden temp dir, then rename it.
 
     `gathered`: the `full_state(model, optimizer)` already collected on every rank (needed
     under several ranks, where only rank 0 writes); gathered here when not given.
+    `extra`: more safetensors files (file name -> tensors), e.g. a task's EMA weights.
     """
+    from safetensors.torch import save_file
+
     model_state, optim_state = gathered if gathered is not None else full_state(model, optimizer)
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +204,8 @@ def write_checkpoint_dir(target: Path, model: nn.Module, optimizer: torch.optim.
     tmp.mkdir()
     try:
         save_state(model_state, model, tmp / MODEL_FILE)
+        for name, tensors in (extra or {}).items():
+            save_file(tensors, str(tmp / name))
         if optim_state is not None:
             torch.save(optim_state, tmp / OPTIMIZER_FILE)
         atomic_write_json(tmp / CONFIG, config)
@@ -222,10 +228,11 @@ def write_checkpoint_dir(target: Path, model: nn.Module, optimizer: torch.optim.
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], config: dict[str, Any], keep: int,
-                    gathered: tuple[dict, dict | None] | None = None) -> Path:
+                    gathered: tuple[dict, dict | None] | None = None,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Checkpoint `step` under RUN/checkpoints and prune all but the newest `keep`."""
     path = write_checkpoint_dir(Path(run_dir) / CHECKPOINTS / checkpoint_name(step),
-                                model, optimizer, {"step": step, **state}, config, gathered)
+                                model, optimizer, {"step": step, **state}, config, gathered, extra)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -312,7 +319,7 @@ def load_run(run_dir: Path, step: int | None = None, device: torch.device | str 
     A fine-tuned run (`mlscale finetune`) loads as its base with the adapter applied.
     """
     from mlscale.finetune.merge import is_finetuned, load_finetuned
-    from mlscale.model.llama import Llama
+    from mlscale.model.registry import family_of
     from mlscale.tokenize.tokenizer import load_tokenizer
 
     run_dir = Path(run_dir)
@@ -338,7 +345,7 @@ def load_run(run_dir: Path, step: int | None = None, device: torch.device | str 
     if cfg.model.vocab_size < tokenizer.vocab_size:
         raise ArtifactError(f"{run_dir}: model.vocab_size={cfg.model.vocab_size} is smaller than "
                             f"its tokenizer's vocabulary ({tokenizer.vocab_size})")
-    model = Llama(cfg.model)
+    model = family_of(cfg.model).build(cfg.model)
     state = load_checkpoint(ckpt, model, device="cpu")
     model.to(device).eval()
     return LoadedRun(model=model, config=cfg, tokenizer=tokenizer, step=int(state["step"]),

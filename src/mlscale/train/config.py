@@ -2,20 +2,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mlscale.config import option
 from mlscale.errors import ConfigError
-from mlscale.model.config import ModelConfig
+from mlscale.model.llama.config import LlamaConfig
 
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
+
+
+def model_config_class(family: str) -> type:
+    """The config dataclass of model family `family` (what `model.family` selects)."""
+    from mlscale.model.registry import get_family
+
+    return get_family(family).config_cls
+
 STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = option(12, "sequences per micro-batch (per rank)", min=1)
+    batch_size: int = option(12, "sequences per micro-batch (per rank)", min=1, resumable=True)
     grad_accum: int = option(1, "micro-batches accumulated into one optimizer step", min=1)
-    max_steps: int = option(2000, "optimizer steps", min=1)
+    max_steps: int = option(2000, "optimizer steps", min=1, resumable=True)
     lr: float = option(1e-3, "peak learning rate", min=0.0)
     min_lr: float = option(1e-4, "learning rate at the end of the decay", min=0.0)
     warmup_steps: int = option(100, "linear warmup steps from ~0 to train.lr", min=0)
@@ -31,26 +40,29 @@ class TrainConfig:
     eps: float = option(1e-8, "AdamW epsilon", min=0.0)
     grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 = no clipping", min=0.0)
     eval_every: int = option(250, "evaluate on the validation split every N steps (and at the "
-                             "end); 0 = only at the end", min=0)
-    eval_batches: int = option(20, "random validation batches per evaluation", min=1)
+                             "end); 0 = only at the end", min=0, resumable=True)
+    eval_batches: int = option(20, "random validation batches per evaluation", min=1, resumable=True)
     checkpoint_every: int = option(500, "checkpoint every N steps (and at the end); 0 = only at "
-                                   "the end", min=0)
-    keep_checkpoints: int = option(2, "how many of the latest checkpoints to keep", min=1)
+                                   "the end", min=0, resumable=True)
+    keep_checkpoints: int = option(2, "how many of the latest checkpoints to keep", min=1, resumable=True)
     seed: int = option(1337, "seed of the initialisation and of the batch order")
     device: str = option("auto", "auto picks cuda, then mps, then cpu",
-                         choices=("auto", "cpu", "cuda", "mps"))
+                         choices=("auto", "cpu", "cuda", "mps"), resumable=True)
     dtype: str = option("auto", "auto = fp32 on CPU, bf16 autocast on a GPU that supports it",
                         choices=("auto", "fp32", "bf16"))
-    compile: bool = option(False, "torch.compile the model (worth it on GPUs)")
+    compile: bool = option(False, "torch.compile the model (worth it on GPUs)", resumable=True)
     threads: int = option(0, "CPU threads for torch's kernels; 0 = torch's default (all cores). "
                           "Small models train faster on 1 thread, and far faster on a busy "
-                          "machine", min=0)
+                          "machine", min=0, resumable=True)
     activation_checkpointing: str = option(
         "none", "recompute activations in backward to save memory, per block: full (the whole "
         "block) or selective (keep matmul/attention outputs, recompute the cheap ops)",
-        choices=("none", "full", "selective"))
+        choices=("none", "full", "selective"), resumable=True)
     log_every: int = option(1, "print one line every N steps (metrics.jsonl gets every step)",
-                            min=1)
+                            min=1, resumable=True)
+    log_to: list[str] = option([], "experiment trackers besides metrics.jsonl: tensorboard "
+                               "(RUN/tensorboard/), wandb (offline, RUN/wandb/)",
+                               choices=("tensorboard", "wandb"), resumable=True)
 
     def validate(self) -> None:
         if self.min_lr > self.lr:
@@ -64,18 +76,20 @@ class TrainConfig:
 class ParallelConfig:
     strategy: str = option("ddp", "data parallelism over the ranks: ddp (replicated model, "
                            "all-reduced gradients) or fsdp (FSDP2 / ZeRO-3 sharding of "
-                           "parameters, gradients and optimizer state)", choices=STRATEGIES)
+                           "parameters, gradients and optimizer state)", choices=STRATEGIES,
+                           resumable=True)
     tp: int = option(1, "tensor-parallel degree (Megatron column/row splits of attention and "
-                     "MLP); ranks = dp x tp", min=1)
+                     "MLP); ranks = dp x tp", min=1, resumable=True)
     backend: str = option("auto", "process-group backend: auto = nccl on CUDA, gloo on CPU",
-                          choices=("auto", "gloo", "nccl"))
+                          choices=("auto", "gloo", "nccl"), resumable=True)
 
 
 @dataclass
 class PretrainConfig:
     """Everything `mlscale pretrain` is configured by; saved as RUN/config.json."""
 
-    model: ModelConfig = option(default_factory=ModelConfig, help="model shape")
+    model: Any = option(default_factory=LlamaConfig, help="model family and shape",
+                        select=("family", model_config_class))
     train: TrainConfig = option(default_factory=TrainConfig, help="optimisation")
     parallel: ParallelConfig = option(default_factory=ParallelConfig,
                                       help="data / tensor parallelism across torchrun ranks")

@@ -32,8 +32,9 @@ def format_count(x: float) -> str:
 
 
 def step_line(step: int, max_steps: int, loss: float, lr: float, tokens_per_s: float,
-              mfu: float | None, eta_s: float, grad_norm: float | None = None) -> str:
-    """The one line printed per training step."""
+              mfu: float | None, eta_s: float, grad_norm: float | None = None,
+              unit: str = "tok") -> str:
+    """The one line printed per training step (throughput in `unit`s per second)."""
     width = len(str(max_steps))
     parts = [
         f"step {step:>{width}}/{max_steps}",
@@ -43,7 +44,7 @@ def step_line(step: int, max_steps: int, loss: float, lr: float, tokens_per_s: f
     if grad_norm is not None:
         parts.append(f"gnorm {grad_norm:.3f}")
     parts += [
-        f"{format_count(tokens_per_s)} tok/s",
+        f"{format_count(tokens_per_s)} {unit}/s",
         f"MFU {mfu * 100:.1f}%" if mfu is not None else "MFU n/a",
         f"ETA {format_duration(eta_s)}",
     ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 import torch
 from torch import nn
@@ -9,19 +10,23 @@ from torch import nn
 from mlscale.train.config import TrainConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     no_weight_decay: Callable[[str, nn.Parameter], bool] | None = None) -> list[dict]:
     """Split trainable parameters into a decayed group (matrices: linear weights and
     embeddings, as nanoGPT) and an undecayed one (norm gains, biases).
 
     Decaying a norm gain pulls it towards 0 and so shrinks the whole activation, which is
     not the regulariser intended; matrices are what weight decay is meant for. A tied
     embedding / output matrix appears once (named_parameters deduplicates shared tensors).
+    `no_weight_decay(name, param)`: the model family's own rule, when it has one (e.g.
+    position embeddings and class tokens of a ViT).
     """
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        skip = no_weight_decay(name, p) if no_weight_decay is not None else p.dim() < 2
+        (no_decay if skip else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -38,9 +43,10 @@ def _fused_supported(device_type: str) -> bool:
     return device_type in ("cpu", "mps") and (major, minor) >= (2, 4)
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    no_weight_decay: Callable[[str, nn.Parameter], bool] | None = None) -> torch.optim.AdamW:
     """AdamW over `parameter_groups`, with the fused kernel where this torch has one."""
-    groups = parameter_groups(model, cfg.weight_decay)
+    groups = parameter_groups(model, cfg.weight_decay, no_weight_decay)
     device_type = next(model.parameters()).device.type
     kwargs: dict = {}
     if _fused_supported(device_type):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mlscale.errors import ConfigError
-from mlscale.train.device import PEAK_FLOPS, peak_flops, resolve_device, resolve_dtype
+from mlscale.runtime.device import PEAK_FLOPS, peak_flops, resolve_device, resolve_dtype
 
 
 def test_cpu_defaults_to_fp32_and_has_no_peak():
