@@ -1,9 +1,16 @@
-"""Where curation tasks run: in this process, in local worker processes, or on Ray.
+"""Where the work of a data stage runs: in this process, in local worker processes, or on Ray.
 
-A stage is a list of independent tasks; an executor runs `fn(context, task)` for each and
-yields `(task, result)` pairs as they finish, in any order. The pipeline records each
-result in a completion marker, so what a stage produces never depends on the executor,
-the worker count or the order in which tasks finish.
+Every data stage (curate, tokenize, ...) runs `fn(context, task)` for many independent
+tasks through one of these executors. Two ways to run them:
+
+- `map` / `run` (curate): a list of tasks; yields `(task, result)` pairs as they finish,
+  in any order. The caller records each result (curate: in a completion marker), so what
+  a stage produces never depends on the executor, the worker count or the finishing order.
+- `imap` (tokenize): a stream of tasks, possibly endless; yields the results in input
+  order with at most `window` tasks in flight, so memory stays bounded.
+
+`fn` must be a module-level function (it is pickled for the workers); `context` is sent
+with every task, so keep it small (a path, a config).
 """
 from __future__ import annotations
 
@@ -14,7 +21,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from tqdm import tqdm
 
@@ -47,6 +55,12 @@ class Executor(ABC):
     @abstractmethod
     def map(self, fn: TaskFn, context: Any, tasks: Sequence[T]) -> Iterator[tuple[T, Any]]:
         """Yield `(task, fn(context, task))` for every task as it completes."""
+
+    def imap(self, fn: TaskFn, context: Any, tasks: Iterable[T], window: int = 0) -> Iterator[Any]:
+        """Yield `fn(context, task)` for every task in input order, with at most `window`
+        tasks in flight (0: twice the workers). This base version runs them one by one here."""
+        for task in tasks:
+            yield fn(context, task)
 
     def run(self, fn: TaskFn, context: Any, tasks: Sequence[T], desc: str,
             done: int = 0) -> Iterator[tuple[T, Any]]:
@@ -117,22 +131,29 @@ def _exit_with_coordinator(coordinator: int) -> None:
 class ProcessExecutor(Executor):
     """A pool of local worker processes (`--workers N`), started once for all stages.
 
-    Workers are forked from a fork server that has imported the `preload` modules once,
-    so N workers cost one import, not N; the coordinator itself is never forked (its
-    threads, e.g. progress bars, could leave locks held in a child).
+    By default workers are forked from a fork server that has imported the `preload`
+    modules once, so N workers cost one import, not N; the coordinator itself is never
+    forked (its threads, e.g. progress bars, could leave locks held in a child).
+    `start_method="fork"` forks the coordinator instead (where the platform has fork,
+    else spawn): no fork server and no re-import of the caller's `__main__` script, for a
+    caller that has made forking itself safe; "spawn" starts fresh interpreters. Workers
+    leave when the coordinator dies.
     """
 
     name = "local"
 
-    def __init__(self, workers: int, preload: Sequence[str] = ()):
+    def __init__(self, workers: int, preload: Sequence[str] = (), start_method: str = "forkserver"):
+        if start_method not in ("forkserver", "fork", "spawn"):
+            raise ValueError(f"start_method: {start_method!r} is not one of forkserver, fork, spawn")
         self.workers = workers
         self.preload = list(preload)
+        self.start_method = start_method
         self._pool: ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("forkserver" if "forkserver" in methods
+            context = multiprocessing.get_context(self.start_method if self.start_method in methods
                                                   else "spawn")
             if self.preload and context.get_start_method() == "forkserver":
                 context.set_forkserver_preload(self.preload)
@@ -156,6 +177,21 @@ class ProcessExecutor(Executor):
                     yield futures[fut][1], fut.result()
         finally:
             for fut in pending:
+                fut.cancel()
+
+    def imap(self, fn: TaskFn, context: Any, tasks: Iterable[T], window: int = 0) -> Iterator[Any]:
+        pool = self._get_pool()
+        window = window or 2 * self.workers
+        in_flight: deque[Future] = deque()
+        try:
+            for task in tasks:
+                in_flight.append(pool.submit(fn, context, task))
+                if len(in_flight) >= window:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        finally:
+            for fut in in_flight:
                 fut.cancel()
 
     def close(self) -> None:
@@ -195,13 +231,27 @@ class RayExecutor(Executor):
         self.workers = int(ray.cluster_resources().get("CPU", 1))
         self._remote: dict[Callable, Any] = {}
 
+    def _remote_fn(self, fn: TaskFn) -> Any:
+        remote = self._remote.get(fn)
+        if remote is None:
+            remote = self._remote[fn] = self._ray.remote(num_cpus=1, max_retries=0)(fn)
+        return remote
+
+    def _result(self, ref: Any) -> Any:
+        try:
+            return self._ray.get(ref)
+        except self._ray.exceptions.RayTaskError as e:
+            # surface the task's own error (e.g. a user error naming a file)
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
+
     def map(self, fn: TaskFn, context: Any, tasks: Sequence[T]) -> Iterator[tuple[T, Any]]:
         if not tasks:
             return
         ray = self._ray
-        remote = self._remote.get(fn)
-        if remote is None:
-            remote = self._remote[fn] = ray.remote(num_cpus=1, max_retries=0)(fn)
+        remote = self._remote_fn(fn)
         context_ref = ray.put(context)
         refs = {remote.remote(context_ref, t): t for t in tasks}
         pending = list(refs)
@@ -209,18 +259,26 @@ class RayExecutor(Executor):
             while pending:
                 finished, pending = ray.wait(pending, num_returns=1)
                 for ref in finished:
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayTaskError as e:
-                        # surface the task's own error (e.g. a user error naming a file)
-                        cause = getattr(e, "cause", None)
-                        if isinstance(cause, Exception):
-                            raise cause from None
-                        raise
-                    yield refs[ref], result
+                    yield refs[ref], self._result(ref)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
+
+    def imap(self, fn: TaskFn, context: Any, tasks: Iterable[T], window: int = 0) -> Iterator[Any]:
+        remote = self._remote_fn(fn)
+        context_ref = self._ray.put(context)
+        window = window or 2 * self.workers
+        in_flight: deque = deque()
+        try:
+            for task in tasks:
+                in_flight.append(remote.remote(context_ref, task))
+                if len(in_flight) >= window:
+                    yield self._result(in_flight.popleft())
+            while in_flight:
+                yield self._result(in_flight.popleft())
+        finally:
+            for ref in in_flight:
+                self._ray.cancel(ref, force=True)
 
     def close(self) -> None:
         if self._started:

@@ -3,6 +3,8 @@
 A report is one HTML file with no external requests: figures are embedded as base64 PNG
 data URIs and the style sheet is inline, so the file can be mailed, archived or opened
 from a cluster's shared disk. Every piece of text that comes from data is escaped.
+On the ground floor, so that every stage can write its own report (curate's report.html)
+as well as the reports on whole runs (`mlscale.report`).
 """
 from __future__ import annotations
 

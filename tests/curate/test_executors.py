@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import operator
+import posixpath
 
 import pytest
 
-from mlscale.curate.executors import (InProcessExecutor, ProcessExecutor, available_cores,
-                                      make_executor)
 from mlscale.curate.pipeline import curate
 from mlscale.errors import ConfigError
+from mlscale.executors import (InProcessExecutor, ProcessExecutor, RayExecutor, available_cores,
+                               make_executor)
 
 
 def test_make_executor_picks_by_kind_and_worker_count():
@@ -31,6 +32,26 @@ def test_process_pool_returns_every_result_and_raises_a_task_error():
         assert dict(ex.map(operator.add, 1, [1, 2])) == {1: 2, 2: 3}
 
 
+@pytest.mark.parametrize("start_method", ["forkserver", "fork"])
+def test_process_pool_imap_keeps_input_order_with_a_bounded_window(start_method):
+    fed = []
+
+    def tasks():  # a lazy stream: imap must not read it all before yielding
+        for i in range(12):
+            fed.append(i)
+            yield i
+
+    with ProcessExecutor(2, start_method=start_method) as ex:
+        results = ex.imap(operator.mul, 3, tasks(), window=3)
+        assert next(results) == 0 and len(fed) == 3
+        assert list(results) == [3 * i for i in range(1, 12)]
+        with pytest.raises(ZeroDivisionError):
+            list(ex.imap(operator.truediv, 1, [1, 0, 2]))
+    assert list(InProcessExecutor().imap(operator.add, 1, iter([1, 2]))) == [2, 3]
+    with pytest.raises(ValueError, match="start_method"):
+        ProcessExecutor(2, start_method="thread")
+
+
 def test_two_workers_and_ray_write_the_bytes_of_one_in_process_worker(reference, tmp_path,
                                                                       outputs):
     expected = outputs.files(reference.out)
@@ -48,5 +69,8 @@ def test_two_workers_and_ray_write_the_bytes_of_one_in_process_worker(reference,
         manifest = curate([reference.folder], on_ray, reference.config("--executor=ray"))
         assert outputs.files(on_ray) == expected
         assert manifest["execution"]["executor"] == "ray"
+        with RayExecutor(None, 0) as ex:  # joins the running Ray; a Python function for ray.remote
+            names = [f"f{i}" for i in range(8)]
+            assert list(ex.imap(posixpath.join, "d", iter(names), window=2)) == [f"d/{n}" for n in names]
     finally:
         ray.shutdown()

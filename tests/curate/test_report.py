@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from mlscale.curate.report import build_report, summary_lines
-from mlscale.report.html import Page, escape, figure_to_data_uri, image, table
+from mlscale.html import Page, escape, figure_to_data_uri, image, table
 
 
 def test_html_helpers_escape_format_and_embed():

@@ -22,7 +22,6 @@ import numpy as np
 
 from mlscale.artifacts import StageDir, fingerprint_paths
 from mlscale.curate.config import CurateConfig
-from mlscale.curate.executors import Executor, make_executor
 from mlscale.curate.staging.layout import Layout
 from mlscale.curate.staging.lookup import shard_table
 from mlscale.curate.staging.plan import Context, key_partitions, plan_filter_units
@@ -31,6 +30,7 @@ from mlscale.curate.staging.stats import (EXAMPLE_CHARS, LENGTH_EDGES, SCORE_EDG
                                           merge_examples, merge_steps)
 from mlscale.curate.staging.tasks import Task, run_task
 from mlscale.errors import InputError
+from mlscale.executors import Executor, make_executor
 
 STAGE = "curate"
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mlscale.artifacts import atomic_write_text
-from mlscale.report.html import Page, escape, figure_to_data_uri, image, table
+from mlscale.html import Page, escape, figure_to_data_uri, image, table
 
 FIG_SIZE = (6.4, 3.4)
 

@@ -4,7 +4,7 @@ A step turns a stream of documents into a stream of documents: `run(docs) -> doc
 generator. A document a step drops comes out as a `Removal` in the same stream, and
 later steps pass removals through untouched, so every input ends either kept or removed
 with its step and reason and the counts always reconcile. What the steps are is kept
-apart from where they run (see executors).
+apart from where they run (see mlscale.executors).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlscale.config import load_config, option
+from mlscale.config import from_dict, load_config, option, to_dict
 from mlscale.curate.config import CurateConfig
 from mlscale.errors import ConfigError
 from mlscale.finetune.config import FINETUNE_DEFAULTS, FinetuneConfig
@@ -153,6 +153,12 @@ def resolve_inputs(cfg: ExperimentConfig, base: Path, source: str) -> tuple[list
                 paths.append(p.resolve())
         out.append(paths)
     return out[0], out[1]
+
+
+def experiment_defaults() -> dict[str, Any]:
+    """Every setting of an experiment at its default, as a dict (the finetune table at
+    fine-tuning's own defaults, as `load_experiment` starts from)."""
+    return to_dict(from_dict(ExperimentConfig, {"finetune": FINETUNE_DEFAULTS}))
 
 
 def load_experiment(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None

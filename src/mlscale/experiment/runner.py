@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from mlscale.artifacts import StageDir, fingerprint_paths
 from mlscale.config import to_dict
 from mlscale.errors import ArtifactError, ConfigError
-from mlscale.experiment.config import ExperimentConfig, resolve_inputs
+from mlscale.experiment.config import ExperimentConfig, experiment_defaults, resolve_inputs
 from mlscale.experiment.plan import STAGES, Decision, RunState, StageSpec, decide, output_fingerprint
 
 INPUTS_DIR = "inputs"
@@ -259,7 +259,7 @@ def _run_stages(exp: _Experiment, state: RunState, cfg: ExperimentConfig, from_s
     if ran_any or not report.exists():
         from mlscale.report.run_report import write_run_report
 
-        write_run_report(out, cfg, exp.stages)
+        write_run_report(out, cfg, exp.stages, experiment_defaults())
         print(f"\nreport: {report}", flush=True)
     else:
         print(f"\nevery stage is up to date; report: {report}", flush=True)

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from mlscale.artifacts import atomic_write_text, read_json
-from mlscale.config import to_dict
-from mlscale.report.html import Page, escape, figure_to_data_uri, image, table
+from mlscale.config import diff, to_dict
+from mlscale.html import Page, escape, figure_to_data_uri, image, table
 
 FIG_SIZE = (6.4, 3.4)
 # on load, count the images the browser could decode: a test reads it back from the DOM
@@ -300,14 +300,9 @@ def _environment_section(out: Path, stages: Sequence[str]) -> str:
     return table(["", "value"], [[k, str(v)] for k, v in env.items()])
 
 
-def _config_section(config: dict[str, Any]) -> str:
+def _config_section(config: dict[str, Any], defaults: dict[str, Any]) -> str:
     """The settings that differ from the defaults first, then the whole config."""
-    from mlscale.config import diff, from_dict
-    from mlscale.finetune.config import FINETUNE_DEFAULTS
-    from mlscale.experiment.config import ExperimentConfig
-
     rows = []
-    defaults = to_dict(from_dict(ExperimentConfig, {"finetune": FINETUNE_DEFAULTS}))
     for line in diff(defaults, config):
         key, values = line.split(": ", 1)
         rows.append([key, values.split(" -> ", 1)[1], values.split(" -> ", 1)[0]])
@@ -318,8 +313,12 @@ def _config_section(config: dict[str, Any]) -> str:
             + "</pre>")
 
 
-def build_run_report(out: str | Path, cfg: Any, stages: Sequence[str]) -> str:
-    """The HTML of DIR/report.html for experiment config `cfg` (a dataclass or a dict)."""
+def build_run_report(out: str | Path, cfg: Any, stages: Sequence[str], defaults: dict[str, Any]) -> str:
+    """The HTML of DIR/report.html for experiment config `cfg` (a dataclass or a dict).
+
+    `defaults`: every setting at its default, as a dict, for the table of what differs
+    (the experiment passes its own: this layer does not import it).
+    """
     out = Path(out)
     config = cfg if isinstance(cfg, dict) else to_dict(cfg)
     state = _read(out / "run-state.json") or {"stages": {}}
@@ -342,14 +341,14 @@ def build_run_report(out: str | Path, cfg: Any, stages: Sequence[str]) -> str:
                         ("Fine-tuning", _finetune_section(out))):
         if body is not None:
             page.section(title, body)
-    page.section("Configuration", _config_section(config))
+    page.section("Configuration", _config_section(config, defaults))
     page.section("Environment", _environment_section(out, stages))
     html = page.render()
     return html.replace("</head>", _EXTRA_STYLE + "</head>", 1).replace("</body>", _IMAGE_CHECK + "</body>", 1)
 
 
-def write_run_report(out: str | Path, cfg: Any, stages: Sequence[str]) -> Path:
-    """Write DIR/report.html atomically; returns its path."""
+def write_run_report(out: str | Path, cfg: Any, stages: Sequence[str], defaults: dict[str, Any]) -> Path:
+    """Write DIR/report.html atomically (see `build_run_report`); returns its path."""
     path = Path(out) / "report.html"
-    atomic_write_text(path, build_run_report(out, cfg, stages))
+    atomic_write_text(path, build_run_report(out, cfg, stages, defaults))
     return path

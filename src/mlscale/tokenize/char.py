@@ -18,7 +18,7 @@ import tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers
 
 from mlscale.errors import InputError
-from mlscale.tokenize.tokenizer import SPECIAL_TOKENS, UNK
+from mlscale.tokenize.special import SPECIAL_TOKENS, UNK
 
 CHAR_SPECIAL_TOKENS = (*SPECIAL_TOKENS, UNK)
 

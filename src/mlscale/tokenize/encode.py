@@ -4,23 +4,22 @@ Each worker loads tokenizer.json once and encodes a whole batch with the Rust ba
 encoder (its own thread pool off, so `workers` is the number of cores used), appends eos
 where asked, and returns the batch as one flat array plus per-text lengths and UTF-8
 sizes: three arrays instead of thousands of small ones, so the main process does not
-become the bottleneck unpickling them. Results come back in submission order with at
-most `2 * workers` batches in flight, so memory stays bounded and the output never
+become the bottleneck unpickling them. The workers are those of every data stage
+(`mlscale.executors`, its in-order `imap`): results come back in submission order with
+at most `2 * workers` batches in flight, so memory stays bounded and the output never
 depends on the number of workers. Input that fits in one batch is encoded in the calling
 process: starting workers would cost more.
 
-Workers are forked on Linux (spawn would re-run the caller's `__main__`, which breaks
-scripts without a main guard and `python -`); the Rust thread pool the parent may hold
-from BPE training is not used in the children (TOKENIZERS_PARALLELISM=false, which the
-`tokenizers` fork handler honours). Elsewhere they are spawned.
+Workers are forked from this process on Linux (a fork server or spawn would re-run the
+caller's `__main__`, which breaks scripts without a main guard and `python -`); the Rust
+thread pool the parent may hold from BPE training is not used in the children
+(TOKENIZERS_PARALLELISM=false, which the `tokenizers` fork handler honours). Elsewhere
+they are spawned.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import sys
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -29,6 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from mlscale.executors import ProcessExecutor, available_cores
 from mlscale.tokenize.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -56,26 +56,24 @@ def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], eos: Sequence[bool]
     return EncodedBatch(flat.astype(np.uint32, copy=False), lengths, nbytes)
 
 
-_worker_tokenizer: Tokenizer | None = None
+Job = tuple[Sequence[str], Sequence[bool]]
+
+_worker_tokenizer: tuple[str, Tokenizer] | None = None  # (path, tokenizer) in a worker
 
 
 def default_workers() -> int:
     """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS / Windows
-        return os.cpu_count() or 1
+    return available_cores()
 
 
-def _init_worker(path: str) -> None:
+def _encode_in_worker(path: str, job: Job) -> EncodedBatch:
+    """A worker's task: encode one batch with the tokenizer at `path` (loaded once)."""
     global _worker_tokenizer
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker_tokenizer = load_tokenizer(Path(path))
-
-
-def _encode_in_worker(texts: Sequence[str], eos: Sequence[bool]) -> EncodedBatch:
-    assert _worker_tokenizer is not None
-    return encode_texts(_worker_tokenizer, texts, eos)
+    if _worker_tokenizer is None or _worker_tokenizer[0] != path:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        _worker_tokenizer = (path, load_tokenizer(Path(path)))
+    texts, eos = job
+    return encode_texts(_worker_tokenizer[1], texts, eos)
 
 
 @contextmanager
@@ -92,9 +90,6 @@ def _single_threaded() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = old
 
 
-Job = tuple[Sequence[str], Sequence[bool]]
-
-
 def encode_batches(tokenizer: Tokenizer, batches: Iterable[Job], workers: int) -> Iterator[EncodedBatch]:
     """Encode every (texts, eos flags) batch, yielding the results in order."""
     it = iter(batches)
@@ -106,13 +101,7 @@ def encode_batches(tokenizer: Tokenizer, batches: Iterable[Job], workers: int) -
         return
     if tokenizer.path is None:
         raise ValueError("parallel encoding needs a tokenizer saved to a file")
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pending: deque = deque()
-    with _single_threaded(), ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                 initargs=(str(tokenizer.path),)) as pool:
-        for texts, eos in chain(head, it):
-            pending.append(pool.submit(_encode_in_worker, list(texts), list(eos)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    jobs = ((list(texts), list(eos)) for texts, eos in chain(head, it))
+    start = "fork" if sys.platform.startswith("linux") else "spawn"
+    with _single_threaded(), ProcessExecutor(workers, start_method=start) as pool:
+        yield from pool.imap(_encode_in_worker, str(tokenizer.path), jobs, window=2 * workers)

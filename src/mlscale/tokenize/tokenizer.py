@@ -19,9 +19,9 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from mlscale.artifacts import fingerprint_file, fingerprint_obj
 from mlscale.errors import ArtifactError
+from mlscale.tokenize.char import CharTable
+from mlscale.tokenize.special import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
 
-BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
-SPECIAL_TOKENS = (BOS, EOS, PAD)
 TOKENIZER_FILE = "tokenizer.json"
 
 # Names other tokenizer families use for the same roles, so that foreign tokenizer.json
@@ -55,8 +55,6 @@ class Tokenizer:
         self.kind = _kind(hf)
         self._char_table = None
         if self.kind == "char":
-            from mlscale.tokenize.char import CharTable
-
             self._char_table = CharTable.from_tokenizer(hf)
 
     # -- properties -------------------------------------------------------------------
