@@ -79,10 +79,10 @@ def run_one(method: str, shape: dict, gpu: bool) -> dict:
     from mlscale.config import from_dict
     from mlscale.finetune.config import FinetuneConfig
     from mlscale.finetune.loop import prepare_model
-    from mlscale.model.config import ModelConfig
+    from mlscale.model.llama import LlamaConfig
     from mlscale.model.lora import count_parameters
-    from mlscale.model.llama import Llama
-    from mlscale.train.device import autocast, synchronize
+    from mlscale.model.registry import get_family
+    from mlscale.runtime.device import autocast, synchronize
     from mlscale.train.optimizer import build_optimizer
 
     if method == "peft-lora":
@@ -91,7 +91,7 @@ def run_one(method: str, shape: dict, gpu: bool) -> dict:
     device = torch.device("cuda" if gpu else "cpu")
     dtype = torch.bfloat16 if gpu else torch.float32
     baseline_rss = proc_status("VmRSS")
-    mc = ModelConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], d_model=shape["d_model"],
+    mc = LlamaConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], d_model=shape["d_model"],
                      seq_len=shape["seq_len"], vocab_size=shape["vocab_size"], tie_embeddings=False)
     mc.validate()
     targets = ["q", "k", "v", "o", "gate", "up", "down"]
@@ -118,8 +118,11 @@ def run_one(method: str, shape: dict, gpu: bool) -> dict:
             return model(input_ids=x, labels=None).logits.float().flatten(0, 1).log_softmax(-1) \
                 .gather(-1, y.flatten()[:, None]).mean().neg()
     else:
+        family = get_family("llama")
         with device:  # built where it trains; quantised there for qlora
-            model = prepare_model(Llama(mc), cfg)
+            base = family.build(mc)
+            family.fuse_cpu(base)  # as the trainer: the fused CPU modules, before the adapters
+            model = prepare_model(base, cfg)
         trainable, total = count_parameters(model)
 
         def loss_of(x, y):

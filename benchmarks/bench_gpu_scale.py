@@ -76,9 +76,9 @@ def _train_and_time(spec: dict) -> dict:
     import numpy as np
 
     from mlscale.config import from_dict
-    from mlscale.model.llama import Llama
+    from mlscale.model.registry import family_of
     from mlscale.train.config import PretrainConfig
-    from mlscale.train.device import peak_flops
+    from mlscale.runtime.device import peak_flops
     from mlscale.train.loop import BatchPrefetcher, Runtime, apply_update, compute_gradients
     from mlscale.train.optimizer import build_optimizer
     from mlscale.train.parallel import DistEnv, parallelize
@@ -106,9 +106,10 @@ def _train_and_time(spec: dict) -> dict:
         env = DistEnv(mesh=init_device_mesh(device.type, (1, 1), mesh_dim_names=("dp", "tp")))
     runtime = Runtime(device=device, dtype=dtype, env=env)
     torch.manual_seed(0)
+    family = family_of(cfg.model)
     with torch.device("meta"):  # no host copy of a multi-billion-parameter model
-        model = Llama(cfg.model)
-    n_params, flops = model.num_params(), Llama.flops_per_token(model, cfg.model.seq_len)
+        model = family.build(cfg.model)
+    n_params, flops = model.num_params(), family.flops_per_sample(cfg.model, model)
     train_model = parallelize(model, cfg.parallel, env, checkpointing=spec["ac"],
                               compile=spec["compile"], param_dtype=dtype if spec["fsdp"] else None)
     model.to_empty(device=device)
@@ -140,12 +141,12 @@ def _train_and_time(spec: dict) -> dict:
 
 def params_of(layers: int, width: int, heads: int, vocab: int) -> int:
     """Parameter count of that shape (built on the meta device: no memory)."""
-    from mlscale.model.config import ModelConfig
-    from mlscale.model.llama import Llama
+    from mlscale.model.llama import LlamaConfig
+    from mlscale.model.registry import get_family
 
     with torch.device("meta"):
-        return Llama(ModelConfig(n_layer=layers, d_model=width, n_head=heads, vocab_size=vocab,
-                                 seq_len=1024)).num_params()
+        return get_family("llama").build(LlamaConfig(n_layer=layers, d_model=width, n_head=heads,
+                                                     vocab_size=vocab, seq_len=1024)).num_params()
 
 
 OOM = "out of memory"

@@ -18,8 +18,8 @@ import weakref
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import Llama, LlamaConfig
+from mlscale.model.registry import get_family
 from mlscale.train.parallel import apply_activation_checkpointing
 
 
@@ -53,10 +53,13 @@ class LiveStorages(TorchDispatchMode):
 
 def build(args, mode: str, device: torch.device) -> tuple[Llama, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=args.layers, n_head=args.width // 64, d_model=args.width,
+    cfg = LlamaConfig(n_layer=args.layers, n_head=args.width // 64, d_model=args.width,
                       seq_len=args.seq, vocab_size=args.vocab)
     cfg.validate()
-    model = Llama(cfg).to(device)
+    family = get_family("llama")
+    model = family.build(cfg)
+    family.fuse_cpu(model)  # as the trainer does, before activation checkpointing
+    model = model.to(device)
     apply_activation_checkpointing(model, mode)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 

@@ -13,8 +13,10 @@ kernel libraries are not counted).
     MLSCALE_CPU_KERNELS=0 python benchmarks/bench_train.py  # ours without its fused C++ kernels
 
 Eager is what `mlscale pretrain` runs on a CPU by default (train.compile=false), with the
-fused C++ kernels of model/cpu_kernels.cpp (built on first use, before the timed steps); with
---compile both models are compiled (inductor's C++ backend; a minute of compiling).
+fused C++ kernels of model/kernels/cpu_kernels.cpp swapped in as the trainer does it
+(`family.fuse_cpu(model)` after building; the kernels build on first use, before the timed
+steps); with --compile both models are compiled (inductor's C++ backend; a minute of
+compiling).
 
 GPU (--gpu): a GPT-2-small-sized model (12 layers, width 768, 12 heads, context 1024,
 vocab 50304) in bf16 autocast with torch.compile, through mlscale's own training step
@@ -49,8 +51,10 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mlscale.model.config import ModelConfig  # noqa: E402
-from mlscale.model.llama import Llama  # noqa: E402
+from mlscale.model.llama import LlamaConfig  # noqa: E402
+from mlscale.model.registry import get_family  # noqa: E402
+
+FAMILY = get_family("llama")
 
 SHAPES = {
     # nanoGPT's CPU baby GPT on tiny Shakespeare (chars): the acceptance budget
@@ -62,18 +66,21 @@ SHAPES = {
 }
 
 
-def model_config(shape: dict) -> ModelConfig:
-    cfg = ModelConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], d_model=shape["d_model"],
+def model_config(shape: dict) -> LlamaConfig:
+    cfg = LlamaConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], d_model=shape["d_model"],
                       seq_len=shape["seq_len"], vocab_size=shape["vocab_size"], tie_embeddings=True)
     cfg.validate()
     return cfg
 
 
-def build(which: str, cfg: ModelConfig, device: torch.device) -> nn.Module:
-    """Our Llama, or transformers' LlamaForCausalLM of exactly the same shape."""
+def build(which: str, cfg: LlamaConfig, device: torch.device) -> nn.Module:
+    """Our Llama (with the fused CPU kernels swapped in, as the trainer does), or
+    transformers' LlamaForCausalLM of exactly the same shape."""
     torch.manual_seed(0)
     if which == "ours":
-        return Llama(cfg).to(device)
+        model = FAMILY.build(cfg)
+        FAMILY.fuse_cpu(model)
+        return model.to(device)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hf_cfg = LlamaConfig(
@@ -239,7 +246,7 @@ def bench_gpu(batch_size: int, steps: int, warmup: int, peer: bool, compile_: bo
 
     from mlscale.config import from_dict
     from mlscale.train.config import PretrainConfig
-    from mlscale.train.device import device_name, peak_flops
+    from mlscale.runtime.device import device_name, peak_flops
     from mlscale.train.loop import BatchPrefetcher, Runtime, apply_update, compute_gradients, wrap_model
     from mlscale.train.optimizer import build_optimizer
 
@@ -272,14 +279,14 @@ def bench_gpu(batch_size: int, steps: int, warmup: int, peer: bool, compile_: bo
             torch.cuda.reset_peak_memory_stats()
         med = time_steps(step_fn, warmup, steps, sync)
         tok_s = tokens / med
-        fpt = Llama.flops_per_token(ours_ref, cfg.model.seq_len)
+        fpt = FAMILY.flops_per_sample(cfg.model, ours_ref)
         mfu = f"{fpt * tok_s / peak * 100:.1f}%" if peak else "n/a"
         mem = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f}" if cuda else "n/a"
         rows.append((label, f"{med * 1e3:.1f}", f"{tok_s:,.0f}", mfu, mem))
         print(f"measured {label}", flush=True)
 
     torch.manual_seed(0)
-    ours_ref = Llama(cfg.model).to(device)
+    ours_ref = FAMILY.build(cfg.model).to(device)
     try:
         model = wrap_model(ours_ref, cfg, runtime)
         opt = build_optimizer(ours_ref, cfg.train)
@@ -318,7 +325,7 @@ def bench_gpu(batch_size: int, steps: int, warmup: int, peer: bool, compile_: bo
     print(f"\n## Training step on {name}: {shape_name} shape ({m.n_layer} layers, width {m.d_model}, "
           f"{m.n_head} heads, context {m.seq_len}, vocab {m.vocab_size}, batch {batch_size}, "
           f"{ours_ref.num_params() / 1e6:.1f}M parameters, "
-          f"{Llama.flops_per_token(ours_ref, m.seq_len) / 1e6:.0f} MFLOPs/token)\n")
+          f"{FAMILY.flops_per_sample(m, ours_ref) / 1e6:.0f} MFLOPs/token)\n")
     print(f"peak dense bf16: {peak / 1e12:.0f} TFLOP/s\n" if peak else "peak FLOPs of this GPU unknown: MFU n/a\n")
     print("| model | median step (ms) | tokens/s | MFU | peak memory (GiB) |")
     print("|---|---:|---:|---:|---:|")

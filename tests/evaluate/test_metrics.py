@@ -7,13 +7,13 @@ import torch.nn.functional as F
 
 from mlscale.evaluate.metrics import (LossTotals, _windows, bits_per_byte, evaluate_tokens,
                                       perplexity, summarize)
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import Llama, LlamaConfig
+from mlscale.model.registry import get_family
 
 
 def model(vocab: int = 40) -> Llama:
     torch.manual_seed(0)
-    return Llama(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=8, vocab_size=vocab))
+    return get_family("llama").build(LlamaConfig(n_layer=2, n_head=2, d_model=32, seq_len=8, vocab_size=vocab))
 
 
 def test_windows_predict_every_token_once():

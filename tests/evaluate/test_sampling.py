@@ -6,19 +6,19 @@ import torch
 
 from mlscale.errors import ConfigError
 from mlscale.evaluate.sampling import filter_logits, generate, sample_next
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import Llama, LlamaConfig
+from mlscale.model.registry import get_family
 
 
 @pytest.fixture(scope="module")
 def model() -> Llama:
     # a larger init than training's gives peaked next-token distributions, so greedy
     # choices are not decided by rounding between near-equal logits
-    cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=64, seq_len=32, vocab_size=50,
+    cfg = LlamaConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=64, seq_len=32, vocab_size=50,
                       init_std=0.3)
     cfg.validate()
     torch.manual_seed(0)
-    return Llama(cfg).eval()
+    return get_family("llama").build(cfg).eval()
 
 
 def full_recompute_greedy(model: Llama, idx: torch.Tensor, n: int) -> torch.Tensor:

@@ -161,11 +161,11 @@ def test_packing_keeps_every_example_whole_and_apart(renderer, tok):
 
 def test_packed_examples_do_not_see_each_other(renderer, tok):
     """The logits of an example inside a packed row equal those of the example alone."""
-    from mlscale.model.config import ModelConfig
-    from mlscale.model.llama import Llama
+    from mlscale.model.llama import LlamaConfig
+    from mlscale.model.registry import get_family
 
     torch.manual_seed(0)
-    model = Llama(ModelConfig(n_layer=2, n_head=4, d_model=32, seq_len=128, vocab_size=tok.vocab_size)).eval()
+    model = get_family("llama").build(LlamaConfig(n_layer=2, n_head=4, d_model=32, seq_len=128, vocab_size=tok.vocab_size)).eval()
     examples = _examples(renderer, 6, seed=1)
     rows = pack_examples(examples, 128, tok.pad_id)
     batch = rows.batch(np.arange(len(rows)), torch.device("cpu"))

@@ -1,11 +1,28 @@
-"""The hand-written CPU backward passes against autograd of the composite model code."""
+"""The hand-written CPU backward passes against autograd of the composite model code,
+and the Llama with them swapped in (`fused.py`) against the pure model."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mlscale.model import cpu_fused
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama, RotaryEmbedding, apply_rotary
+from mlscale.model.kernels import cpu_fused
+from mlscale.model.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary
+from mlscale.model.llama import LlamaConfig
+from mlscale.model.llama.fused import FusedAttention, FusedRMSNorm, FusedSwiGLU, apply_cpu_kernels
+from mlscale.model.llama.model import Attention
+from mlscale.model.registry import get_family
+
+
+def build(**kw):
+    return get_family("llama").build(LlamaConfig(**kw))
+
+
+def fused_copy(model):
+    """A deep copy of `model` with the fused CPU modules swapped in."""
+    out = copy.deepcopy(model)
+    assert apply_cpu_kernels(out) == 4 * model.cfg.n_layer + 1
+    return out
 
 
 def rotary_tables(T: int, D: int, positions: torch.Tensor | None = None):
@@ -100,33 +117,99 @@ def test_enabled_only_for_fp32_cpu_eager():
         assert not cpu_fused.enabled(x)
 
 
+def loss_and_grads(model, idx, tgt):
+    model.zero_grad(set_to_none=True)
+    loss = model(idx, tgt)[1]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
 @pytest.mark.parametrize("n_kv_head", [4, 2])
-def test_model_training_step_equals_the_composite_path(monkeypatch, n_kv_head):
-    """Loss and every parameter gradient: fused kernels vs the plain autograd code."""
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "no-kernels"])
+def test_swapped_model_equals_the_pure_one(monkeypatch, n_kv_head, kernels):
+    """Loss and every parameter gradient within 1e-6; the same state dict, key for key.
+    Without the kernels (MLSCALE_CPU_KERNELS=0) the swap takes its one-matmul path."""
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=n_kv_head, d_model=32, seq_len=16, vocab_size=37)
-    model = Llama(cfg)
-    idx = torch.randint(0, 37, (3, 16))
-    tgt = torch.randint(0, 37, (3, 16))
-
-    def loss_and_grads():
-        model.zero_grad(set_to_none=True)
-        loss = model(idx, tgt)[1]
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    fused_loss, fused_grads = loss_and_grads()
-    monkeypatch.setattr(cpu_fused, "enabled", lambda x: False)
-    loss, grads = loss_and_grads()
+    pure = build(n_layer=2, n_head=4, n_kv_head=n_kv_head, d_model=32, seq_len=16, vocab_size=37)
+    fused = fused_copy(pure)
+    if not kernels:
+        monkeypatch.setattr(cpu_fused, "enabled", lambda x: False)
+    assert isinstance(fused.blocks[0].attn, FusedAttention) and isinstance(fused.norm, FusedRMSNorm)
+    assert isinstance(fused.blocks[1].mlp, FusedSwiGLU) and type(pure.blocks[0].attn) is Attention
+    assert list(fused.state_dict()) == list(pure.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fused.state_dict().values(), pure.state_dict().values()))
+    idx, tgt = torch.randint(0, 37, (3, 16)), torch.randint(0, 37, (3, 16))
+    assert torch.allclose(fused(idx)[0], pure(idx)[0], atol=1e-6, rtol=0)
+    fused_loss, fused_grads = loss_and_grads(fused, idx, tgt)
+    loss, grads = loss_and_grads(pure, idx, tgt)
     assert torch.allclose(fused_loss, loss, atol=1e-6, rtol=0)
+    assert fused_grads.keys() == grads.keys()
     for name, grad in grads.items():
-        assert torch.allclose(fused_grads[name], grad, atol=1e-6, rtol=1e-5), name
+        assert torch.allclose(fused_grads[name], grad, atol=1e-6, rtol=0), name
+
+
+def test_the_swap_goes_through_the_family_once_and_keeps_parameters():
+    torch.manual_seed(0)
+    model = build(n_layer=2, n_head=2, d_model=16, seq_len=8, vocab_size=11)
+    params = {n: p for n, p in model.named_parameters()}
+    family = get_family("llama")
+    assert family.fuse_cpu(model) == 9
+    assert family.fuse_cpu(model) == 0  # already swapped
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert isinstance(model.blocks[0].attn_norm, RMSNorm) and isinstance(model.blocks[0].mlp, SwiGLU)
+
+
+def test_fused_path_is_taken_and_attention_kernel_counted(monkeypatch):
+    """The kernels run in the swapped model (not in the pure one); FLOPs counted as SDPA's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls = []
+    for name in ("rms_norm", "qkv_rope", "swiglu", "causal_attention"):
+        fn = getattr(cpu_fused, name)
+        monkeypatch.setattr(cpu_fused, name, lambda *a, _f=fn, _n=name: calls.append(_n) or _f(*a))
+    torch.manual_seed(0)
+    pure = build(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=11)
+    idx = torch.randint(0, 11, (2, 8))
+    pure(idx, idx)[1].backward()
+    assert calls == []
+    fused = fused_copy(pure)
+    with FlopCounterMode(display=False) as counter:
+        fused(idx, idx)[1].backward()
+    assert sorted(set(calls)) == ["causal_attention", "qkv_rope", "rms_norm", "swiglu"]
+    assert counter.get_total_flops() / idx.numel() == fused.flops_per_token(8)
+
+
+def test_hooked_or_replaced_projections_take_the_module_path():
+    """Hooks (tensor parallelism) or LoRA on a projection: the swapped module calls the
+    layers one by one, with the pure model's results and gradients."""
+    from mlscale.model.lora import LoraConfig, apply_lora
+
+    torch.manual_seed(0)
+    pure = build(n_layer=2, n_head=4, n_kv_head=2, d_model=64, seq_len=32, vocab_size=101,
+                 tie_embeddings=False).train()
+    hooked = fused_copy(pure)
+    calls = []
+    for b in hooked.blocks:
+        for lin in (b.attn.q_proj, b.mlp.up_proj):
+            lin.register_forward_hook(lambda mod, args, out: calls.append(1))
+    idx = torch.randint(0, 101, (2, 24))
+    (la, loss_a), (lb, loss_b) = pure(idx, idx), hooked(idx, idx)
+    assert len(calls) == 2 * pure.cfg.n_layer  # the hooks ran: the module path was taken
+    torch.testing.assert_close(la, lb, rtol=0, atol=1e-5)
+    loss_a.backward()
+    loss_b.backward()
+    for (name, pa), pb in zip(pure.named_parameters(), hooked.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+    lora_pure, lora_fused = copy.deepcopy(pure), fused_copy(pure)
+    for m in (lora_pure, lora_fused):
+        apply_lora(m, LoraConfig(r=2, targets=["q", "gate", "down"]))
+    torch.testing.assert_close(lora_fused(idx)[0], lora_pure(idx)[0], rtol=0, atol=1e-5)
 
 
 def test_training_after_an_inference_mode_forward():
     """Nothing built during an inference-mode forward may leak into training."""
     torch.manual_seed(0)
-    model = Llama(ModelConfig(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=11))
+    model = fused_copy(build(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=11))
     idx = torch.randint(0, 11, (2, 8))
     with torch.inference_mode():
         model(idx)
@@ -163,7 +246,7 @@ def test_second_derivatives_are_refused_not_wrong():
 
 def test_one_position_row_for_the_whole_batch_takes_the_fused_path():
     torch.manual_seed(0)
-    model = Llama(ModelConfig(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=11))
+    model = fused_copy(build(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=11))
     idx = torch.randint(0, 11, (2, 8))
     logits = model(idx, position_ids=torch.arange(8)[None])[0]
     assert torch.allclose(logits, model(idx)[0], atol=1e-6)
@@ -172,9 +255,7 @@ def test_one_position_row_for_the_whole_batch_takes_the_fused_path():
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # inside torch.func
 def test_torch_func_transforms_take_the_composite_path():
     """vmap/jvp need rules the hand-written Functions do not define: the model steps aside."""
-    from mlscale.model.llama import RMSNorm
-
-    norm = RMSNorm(8, 1e-5)
+    norm = FusedRMSNorm(8, 1e-5)
     x = torch.randn(3, 4, 8)
     assert torch.allclose(torch.func.vmap(norm)(x), norm(x), atol=1e-6)
     _, tangent = torch.func.jvp(norm, (x,), (torch.ones_like(x),))

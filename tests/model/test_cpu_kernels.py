@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from mlscale.model import cpu_fused, cpu_kernels
-from mlscale.model.llama import RotaryEmbedding
+from mlscale.model.kernels import cpu_fused, cpu_kernels
+from mlscale.model.layers import RotaryEmbedding
 
 
 @pytest.fixture
@@ -123,10 +123,12 @@ def test_without_a_compiler_training_falls_back_with_one_warning(tmp_path):
     # a fresh process: this one has the kernels loaded already
     script = (
         "import torch\n"
-        "from mlscale.model.config import ModelConfig\n"
-        "from mlscale.model.llama import Llama\n"
-        "from mlscale.model import cpu_kernels\n"
-        "model = Llama(ModelConfig(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=11))\n"
+        "from mlscale.model.llama import LlamaConfig\n"
+        "from mlscale.model.registry import get_family\n"
+        "from mlscale.model.kernels import cpu_kernels\n"
+        "family = get_family('llama')\n"
+        "model = family.build(LlamaConfig(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=11))\n"
+        "assert family.fuse_cpu(model) == 5  # two norms, attention, MLP, final norm\n"
         "idx = torch.randint(0, 11, (2, 8))\n"
         "for _ in range(2):\n"
         "    model(idx, idx)[1].backward()\n"

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from mlscale.errors import ArtifactError, ConfigError
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import Llama, LlamaConfig
+from mlscale.model.registry import get_family
 from mlscale.model.lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, LoRALinear, apply_lora,
                                 count_parameters, disable_adapters, load_adapter, lora_layers,
                                 lora_state_dict, merge_and_unload, merge_lora, peft_module_name,
@@ -20,9 +20,9 @@ ALL = ["q", "k", "v", "o", "gate", "up", "down"]
 
 def tiny_model(seed: int = 0, tie: bool = True) -> Llama:
     torch.manual_seed(seed)
-    cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=32, vocab_size=61,
+    cfg = LlamaConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=32, vocab_size=61,
                       tie_embeddings=tie)
-    return Llama(cfg).eval()
+    return get_family("llama").build(cfg).eval()
 
 
 def randomise_adapters(model: nn.Module, seed: int = 1) -> None:
@@ -160,7 +160,7 @@ def test_loading_into_another_shape_or_a_damaged_adapter_fails_clearly(tmp_path)
     apply_lora(model, cfg)
     save_adapter(model, cfg, tmp_path / "a")
     torch.manual_seed(0)
-    wider = Llama(ModelConfig(n_layer=2, n_head=4, d_model=64, seq_len=32, vocab_size=61))
+    wider = get_family("llama").build(LlamaConfig(n_layer=2, n_head=4, d_model=64, seq_len=32, vocab_size=61))
     with pytest.raises(ArtifactError, match="shape"):
         load_adapter(wider, tmp_path / "a")
     with pytest.raises(ArtifactError, match="not a LoRA adapter directory"):
@@ -221,10 +221,10 @@ def test_peft_applies_our_saved_adapter_to_the_same_base_with_equal_logits(tmp_p
     """Acceptance: PeftModel.from_pretrained on our adapter directory == our LoRA model."""
     from peft import PeftModel
 
-    from mlscale.finetune.base import load_hf_llama
+    from mlscale.model.llama.hf import load_hf
 
     hf = _hf_llama(tmp_path, tie)
-    ours, _ = load_hf_llama(tmp_path / "hf")
+    ours, _ = load_hf(tmp_path / "hf")
     ours.eval()
     with torch.no_grad():
         base_logits = hf(X).logits
@@ -253,7 +253,7 @@ def test_an_adapter_trained_by_peft_loads_into_our_model(tmp_path):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    from mlscale.finetune.base import load_hf_llama
+    from mlscale.model.llama.hf import load_hf
 
     hf = _hf_llama(tmp_path, tie=False)
     peft_model = get_peft_model(hf, PeftLoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"]))
@@ -262,7 +262,7 @@ def test_an_adapter_trained_by_peft_loads_into_our_model(tmp_path):
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     peft_model.save_pretrained(str(tmp_path / "peft_adapter"))
-    ours, _ = load_hf_llama(tmp_path / "hf")
+    ours, _ = load_hf(tmp_path / "hf")
     cfg = load_adapter(ours, tmp_path / "peft_adapter")
     assert cfg.r == 2 and cfg.alpha == 4 and sorted(cfg.targets) == ["down", "q"]
     peft_model.eval()

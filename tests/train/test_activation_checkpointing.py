@@ -4,16 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import LlamaConfig
+from mlscale.model.registry import get_family
 from mlscale.train.parallel import apply_activation_checkpointing
 
 
 def _grads(mode: str) -> tuple[float, dict[str, torch.Tensor], list[str]]:
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=16, vocab_size=50)
+    cfg = LlamaConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=16, vocab_size=50)
     cfg.validate()
-    model = Llama(cfg)
+    model = get_family("llama").build(cfg)
     apply_activation_checkpointing(model, mode)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 50, (3, 16), generator=g)
@@ -36,8 +36,8 @@ def test_checkpointing_gives_the_same_gradients(mode):
 
 def test_checkpointing_recomputes_in_backward():
     """The blocks' forward runs again during backward (that is what saves the memory)."""
-    cfg = ModelConfig(n_layer=2, n_head=2, d_model=16, seq_len=8, vocab_size=20)
-    model = Llama(cfg)
+    cfg = LlamaConfig(n_layer=2, n_head=2, d_model=16, seq_len=8, vocab_size=20)
+    model = get_family("llama").build(cfg)
     calls = []
     for block in model.blocks:
         block.attn.register_forward_pre_hook(lambda *a: calls.append(1))

@@ -9,8 +9,8 @@ import torch
 
 from mlscale.config import from_dict, to_dict
 from mlscale.errors import ArtifactError
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import Llama, LlamaConfig
+from mlscale.model.registry import get_family
 from mlscale.train import checkpoint as ck
 from mlscale.train.config import PretrainConfig, TrainConfig
 from mlscale.train.optimizer import build_optimizer
@@ -18,7 +18,7 @@ from mlscale.train.optimizer import build_optimizer
 
 def tiny(tie: bool = True, d_model: int = 32) -> Llama:
     torch.manual_seed(0)
-    return Llama(ModelConfig(n_layer=2, n_head=2, d_model=d_model, seq_len=8, vocab_size=30, tie_embeddings=tie))
+    return get_family("llama").build(LlamaConfig(n_layer=2, n_head=2, d_model=d_model, seq_len=8, vocab_size=30, tie_embeddings=tie))
 
 
 def trained_optimizer(model: Llama) -> torch.optim.Optimizer:

@@ -1,14 +1,14 @@
 import torch
 
 from mlscale.config import from_dict
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import Llama, LlamaConfig
+from mlscale.model.registry import get_family
 from mlscale.train.config import TrainConfig
 from mlscale.train.optimizer import build_optimizer, parameter_groups
 
 
 def tiny(tie: bool) -> Llama:
-    return Llama(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, vocab_size=50, tie_embeddings=tie))
+    return get_family("llama").build(LlamaConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, vocab_size=50, tie_embeddings=tie))
 
 
 def test_matrices_decay_norm_gains_do_not():

@@ -1,129 +1,28 @@
-"""Write a `Llama` as a Hugging Face model directory that `LlamaForCausalLM` loads as is.
+"""Write a model as a Hugging Face model directory that transformers loads as is.
 
-    DIR/config.json                 LlamaConfig (architectures ["LlamaForCausalLM"])
+    DIR/config.json                 the family's transformers config (e.g. LlamaConfig)
     DIR/generation_config.json      bos / eos / pad ids
     DIR/model.safetensors           weights under transformers' names
     DIR/tokenizer.json              the run's tokenizer (HF `tokenizers` format)
     DIR/tokenizer_config.json       PreTrainedTokenizerFast with the special tokens
     DIR/special_tokens_map.json
 
-Our model follows LlamaForCausalLM's conventions (see `mlscale.model.llama`), so the
-weights only change names: `embed` -> `model.embed_tokens`, `blocks.i` -> `model.layers.i`,
-`attn` -> `self_attn`, `attn_norm` -> `input_layernorm`, `mlp_norm` ->
-`post_attention_layernorm`, `norm` -> `model.norm`. A tied output projection is written
-once (as the embedding) and `tie_word_embeddings` tells transformers to share it.
+What the weights and config.json are called is the model family's business (its `hf`
+adapter, e.g. `mlscale.model.llama.hf`); this module writes the directory.
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
 
 from mlscale.artifacts import atomic_path, atomic_write_json
 from mlscale.errors import ArtifactError
+from mlscale.model.registry import family_of
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _TORCH_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-# name pieces inside a block: (ours, transformers')
-_BLOCK_RENAMES = (
-    (".attn_norm.", ".input_layernorm."),
-    (".mlp_norm.", ".post_attention_layernorm."),
-    (".attn.", ".self_attn."),
-)
-
-
-def hf_name(name: str) -> str:
-    """transformers' name of our weight `name` (e.g. blocks.0.attn.q_proj.weight)."""
-    if name == "norm.weight":
-        return "model.norm.weight"
-    if name.startswith("embed."):
-        return "model.embed_tokens." + name[len("embed."):]
-    if name.startswith("blocks."):
-        name = "model.layers." + name[len("blocks."):]
-        for ours, theirs in _BLOCK_RENAMES:
-            name = name.replace(ours, theirs)
-    return name
-
-
-def expected_hf_names(cfg) -> set[str]:
-    """Every weight name LlamaForCausalLM of this shape loads."""
-    names = {"model.embed_tokens.weight", "model.norm.weight"}
-    if not cfg.tie_embeddings:
-        names.add("lm_head.weight")
-    for i in range(cfg.n_layer):
-        p = f"model.layers.{i}."
-        names |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
-        names |= {f"{p}self_attn.{x}_proj.weight" for x in "qkvo"}
-        names |= {f"{p}mlp.{x}_proj.weight" for x in ("gate", "up", "down")}
-    return names
-
-
-def hf_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Our weights under transformers' names (contiguous CPU tensors, tied head left out).
-
-    Refuses a model carrying weights LlamaForCausalLM has no place for (unmerged LoRA
-    adapters, quantised layers), rather than writing a directory that loads wrongly.
-    """
-    cfg = model.cfg
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if cfg.tie_embeddings and name == "lm_head.weight":
-            continue  # the same tensor as embed.weight; transformers re-ties it
-        t = tensor.detach().to("cpu")
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        out[hf_name(name)] = t.contiguous()
-    expected = expected_hf_names(cfg)
-    if set(out) != expected:
-        extra = sorted(set(out) - expected)
-        missing = sorted(expected - set(out))
-        raise ArtifactError(
-            "the model does not have the plain Llama layout transformers expects "
-            f"(unexpected: {', '.join(extra[:3]) or 'none'}; missing: {', '.join(missing[:3]) or 'none'}); "
-            "merge adapters into the weights first (mlscale export --merge)")
-    return out
-
-
-def hf_config(cfg, *, bos_id: int | None = None, eos_id: int | None = None,
-              pad_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """The LlamaConfig dict (config.json) of a ModelConfig.
-
-    Both the v4 keys (`rope_theta`, `torch_dtype`) and the v5 ones (`rope_parameters`,
-    `dtype`) are written, so the directory loads in either major version of transformers.
-    """
-    dtype_name = _TORCH_DTYPE_NAMES[dtype]
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.ffn_hidden,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.seq_len,
-        "initializer_range": cfg.init_std,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "rope_scaling": None,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "bos_token_id": bos_id,
-        "eos_token_id": eos_id,
-        "pad_token_id": pad_id,
-        "use_cache": True,
-        "torch_dtype": dtype_name,
-        "dtype": dtype_name,
-    }
 
 
 def _tokenizer_files(tokenizer_file: Path, out_dir: Path, model_max_length: int) -> dict[str, int]:
@@ -153,7 +52,7 @@ def _tokenizer_files(tokenizer_file: Path, out_dir: Path, model_max_length: int)
 
 def export_hf(model: nn.Module, out_dir: Path, tokenizer_file: Path | None = None,
               dtype: torch.dtype | str | None = None) -> list[Path]:
-    """Write `model` (a Llama) and its tokenizer as a transformers model directory.
+    """Write `model` and its tokenizer as a transformers model directory.
 
     dtype: of the written weights ("fp32", "bf16", "fp16" or a torch dtype); default: the
     model's own. Every file is written atomically. Returns the files written.
@@ -164,13 +63,16 @@ def export_hf(model: nn.Module, out_dir: Path, tokenizer_file: Path | None = Non
         if dtype not in DTYPES:
             raise ArtifactError(f"export dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
-    weight_dtype = dtype or model.embed.weight.dtype
+    weight_dtype = dtype or next(model.parameters()).dtype
     if weight_dtype not in _TORCH_DTYPE_NAMES:
         raise ArtifactError(f"cannot export weights of dtype {weight_dtype}")
-    tensors = hf_state_dict(model, weight_dtype)  # checks the layout before anything is written
+    cfg = model.cfg
+    family = family_of(cfg)
+    if family.hf is None:
+        raise ArtifactError(f"model family '{family.name}' has no Hugging Face export")
+    tensors = family.hf.hf_state_dict(model, weight_dtype)  # checks the layout before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
     special: dict[str, int | None] = {"bos": None, "eos": None, "pad": None}
     if tokenizer_file is not None:
         special.update(_tokenizer_files(Path(tokenizer_file), out_dir, cfg.seq_len))
@@ -179,7 +81,7 @@ def export_hf(model: nn.Module, out_dir: Path, tokenizer_file: Path | None = Non
         # transformers refuses safetensors files without format metadata
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     ids = {"bos_id": special["bos"], "eos_id": special["eos"], "pad_id": special["pad"]}
-    atomic_write_json(out_dir / "config.json", hf_config(cfg, **ids, dtype=weight_dtype))
+    atomic_write_json(out_dir / "config.json", family.hf.hf_config(cfg, **ids, dtype=weight_dtype))
     atomic_write_json(out_dir / "generation_config.json", {
         "bos_token_id": special["bos"], "eos_token_id": special["eos"],
         "pad_token_id": special["pad"], "max_length": cfg.seq_len,

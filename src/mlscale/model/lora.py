@@ -23,13 +23,15 @@ import torch
 import torch.nn as nn
 
 from mlscale.errors import ArtifactError
-from mlscale.finetune.config import TARGETS, LoraConfig  # torch-free, so `mlscale --help` stays fast
+from mlscale.model.lora_config import TARGETS, LoraConfig
 from mlscale.model.quant import Linear4bit
+from mlscale.model.registry import family_of
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
-_PROJ_TO_SHORT = {proj: short for short, (_, proj) in TARGETS.items()}
+# PEFT's target_modules name the projection alone (q_proj), not its path in the block
+_PROJ_TO_SHORT = {module.rpartition(".")[2]: short for short, module in TARGETS.items()}
 # our sub-layer names -> Hugging Face Llama's
 _HF_SUBLAYER = {"attn": "self_attn", "mlp": "mlp"}
 
@@ -117,13 +119,14 @@ class LoRALinear(nn.Module):
 
 # ------------------------------------------------------------------------------ model ops
 def target_names(model: nn.Module, targets: list[str]) -> list[str]:
-    """Module names (`blocks.{i}.attn.q_proj`, ...) of the requested projections."""
-    names = []
-    for i in range(len(model.blocks)):  # type: ignore[arg-type]
-        for t in targets:
-            sub, proj = TARGETS[t]
-            names.append(f"blocks.{i}.{sub}.{proj}")
-    return names
+    """Module names (`blocks.{i}.attn.q_proj`, ...) of the requested projections: the
+    family's `lora_targets` inside each block."""
+    family = family_of(getattr(model, "cfg", None))
+    unknown = [t for t in targets if t not in family.lora_targets]
+    if unknown:
+        raise ArtifactError(f"lora.targets {unknown}: the {family.name} family has no such "
+                            f"projections ({', '.join(family.lora_targets)})")
+    return [f"blocks.{i}.{family.lora_targets[t]}" for i in range(len(model.blocks)) for t in targets]
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -220,11 +223,16 @@ def our_module_name(peft_name: str) -> str:
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights alone, under PEFT's key names (`...q_proj.lora_A.weight`)."""
+    from torch.distributed.tensor import DTensor
+
+    def whole(w: torch.Tensor) -> torch.Tensor:  # FSDP shards: gathered (collective)
+        return (w.full_tensor() if isinstance(w, DTensor) else w).detach().float().cpu().contiguous()
+
     out = {}
     for name, layer in lora_layers(model):
         prefix = peft_module_name(name)
-        out[f"{prefix}.lora_A.weight"] = layer.lora_A.weight.detach().float().cpu().contiguous()
-        out[f"{prefix}.lora_B.weight"] = layer.lora_B.weight.detach().float().cpu().contiguous()
+        out[f"{prefix}.lora_A.weight"] = whole(layer.lora_A.weight)
+        out[f"{prefix}.lora_B.weight"] = whole(layer.lora_B.weight)
     return out
 
 
@@ -265,7 +273,7 @@ def peft_adapter_config(cfg: LoraConfig, base_model_name_or_path: str) -> dict:
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
-        "target_modules": [TARGETS[t][1] for t in cfg.targets],
+        "target_modules": [TARGETS[t].rpartition(".")[2] for t in cfg.targets],
         "bias": "none",
         "fan_in_fan_out": False,
         "inference_mode": True,
@@ -305,8 +313,11 @@ def lora_config_from_peft(data: dict, source: str = ADAPTER_CONFIG) -> LoraConfi
 
 
 def save_adapter(model: nn.Module, cfg: LoraConfig, out_dir: str | Path,
-                 base_model_name_or_path: str = "") -> Path:
-    """Write adapter_model.safetensors and adapter_config.json (PEFT layout) into `out_dir`."""
+                 base_model_name_or_path: str = "", state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write adapter_model.safetensors and adapter_config.json (PEFT layout) into `out_dir`.
+
+    state: the `lora_state_dict(model)` already gathered (under FSDP every rank gathers,
+    one writes)."""
     from safetensors.torch import save_file
 
     from mlscale.artifacts import atomic_path, atomic_write_json
@@ -314,7 +325,7 @@ def save_adapter(model: nn.Module, cfg: LoraConfig, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
-        save_file(lora_state_dict(model), str(tmp), metadata={"format": "pt"})
+        save_file(state if state is not None else lora_state_dict(model), str(tmp), metadata={"format": "pt"})
     atomic_write_json(out / ADAPTER_CONFIG, peft_adapter_config(cfg, base_model_name_or_path))
     return out
 

@@ -5,20 +5,21 @@ On a CPU the matrix multiplies of a small model already run near the machine's p
 node per elementwise op, the slices of a fused q/k/v projection come back as
 zero-filled full-size gradients that are then summed, and rotate-half rotary
 embeddings cost eight half-width passes and a concatenation. Each function here is one
-piece of the block with the arithmetic of the composite in `llama.py`, as one autograd
-node: one matrix multiply per weight gradient, and the elementwise work in between done
-by the fused kernels of `cpu_kernels` (one pass over memory each).
+piece of the block with the arithmetic of the composite in `model/layers.py`, as one
+autograd node: one matrix multiply per weight gradient, and the elementwise work in
+between done by the fused kernels of `cpu_kernels` (one pass over memory each).
 
     qkv_rope     x -> q, k, v    one matmul for the three projections, rotary q and k
     swiglu       x -> mlp(x)     down(silu(gate(x)) * up(x)) with one gate/up matmul
     rms_norm     x -> norm(x)    RMSNorm in one pass forward and one backward
     causal_attention             short-context causal attention, rows' log-sum-exp kept
 
-`llama.py` calls them only on CPU in fp32 eager mode (`enabled(x)`) with plain
-nn.Linear weights; GPUs, torch.compile (which fuses these itself), autocast, LoRA,
-quantised and tensor-parallel layers take the composite path. The backward passes are
-not themselves differentiable (no second derivatives). Tests check each function against
-autograd of the composite, and the whole model against transformers.
+A family's module swap (`model/llama/fused.py`) calls them only on CPU in fp32 eager
+mode (`enabled(x)`) with plain nn.Linear weights; GPUs, torch.compile (which fuses these
+itself), autocast, LoRA, quantised and tensor-parallel layers take the composite path.
+The backward passes are not themselves differentiable (no second derivatives). Tests
+check each function against autograd of the composite, and the whole model against
+transformers.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from mlscale.model import cpu_kernels
+from mlscale.model.kernels import cpu_kernels
 
 
 def enabled(x: Tensor) -> bool:

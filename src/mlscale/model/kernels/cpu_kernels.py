@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mlscale.model.layers import apply_rotary  # the models' own rotary: the reference
+
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 
 
@@ -146,7 +148,6 @@ def qkv_rope_forward(qkv: Tensor, cos: Tensor, sin: Tensor, n_head: int,
     ops = native()
     if ops is not None and qkv.dtype == torch.float32:
         return ops.qkv_rope_forward(qkv, cos, sin, n_head, kv_heads)
-    from mlscale.model.llama import apply_rotary  # the model's own rotary (llama imports this module)
 
     H, KV = n_head, kv_heads
     qk = apply_rotary(qkv[:, :, :H + KV], cos, sin)
@@ -158,8 +159,6 @@ def qkv_rope_backward(grad_q: Tensor, grad_k: Tensor, grad_v: Tensor, cos: Tenso
     ops = native()
     if ops is not None and grad_q.dtype == torch.float32:
         return ops.qkv_rope_backward(grad_q, grad_k, grad_v, cos, sin)
-    from mlscale.model.llama import apply_rotary
-
     # a rotation's gradient is the inverse rotation: the same angles, negated
     gqk = apply_rotary(torch.cat((grad_q, grad_k), dim=1).transpose(1, 2), cos, -sin)
     return torch.cat((gqk, grad_v.transpose(1, 2)), dim=2)

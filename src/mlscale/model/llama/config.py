@@ -8,7 +8,8 @@ from mlscale.errors import ConfigError
 
 
 @dataclass
-class ModelConfig:
+class LlamaConfig:
+    family: str = option("llama", "model family (see mlscale.model.registry)")
     n_layer: int = option(4, "transformer blocks", min=1)
     n_head: int = option(4, "query heads per attention layer", min=1)
     n_kv_head: int = option(0, "key/value heads (grouped-query attention); 0 = same as n_head", min=0)

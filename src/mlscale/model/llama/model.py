@@ -8,17 +8,12 @@
 The conventions are those of transformers' `LlamaForCausalLM` (no biases, RMSNorm computed
 in fp32 and cast back before the gain, rotary embeddings in the "rotate half" layout with
 separate q/k/v projections), so exporting to Hugging Face is a pure renaming of weights
-(see `mlscale.export.hf`). The model is single-device on purpose: data/tensor parallelism,
-activation checkpointing and torch.compile are applied from outside (`train/parallel.py`).
+(see `hf.py`). The shared pieces (RMSNorm, rotary, attention, SwiGLU) come from
+`mlscale.model.layers`. The model is single-device on purpose: tensor parallelism
+(`parallel.py`), the fused CPU kernels (`fused.py`), activation checkpointing,
+torch.compile and data parallelism are applied from outside, by the trainer.
 
-When the projections are plain nn.Linear layers, q/k/v (and gate/up) run as one matrix
-multiply over their concatenated weights; LoRA, quantised or hooked layers (tensor
-parallelism) are called one by one instead. The parameters stay separate either way.
-In fp32 eager training on CPU those fused pieces (and RMSNorm, and short-context causal
-attention) run through hand-written backward passes and fused C++ kernels
-(`model/cpu_fused.py`); everywhere else autograd of the code below.
-
-Three attention paths share one `scaled_dot_product_attention` call:
+Three attention paths share one `attention` call (scaled_dot_product_attention):
 - training / scoring: `is_causal=True`, no mask tensor (the fused kernels' fast path);
 - packed examples (`segment_ids`): an explicit block-diagonal causal mask, and rotary
   positions that restart at every segment, so examples do not see each other;
@@ -34,88 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlscale.model import cpu_fused
-from mlscale.model.config import ModelConfig
-
-
-# ----------------------------------------------------------------------------- norms
-class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned gain (no mean subtraction, no bias)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dtype not in (torch.float16, torch.bfloat16):
-            if cpu_fused.enabled(x):
-                return cpu_fused.rms_norm(x, self.weight, self.eps)
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        # low precision: normalise in fp32, cast back, then apply the gain (as transformers)
-        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
-
-
-# ------------------------------------------------------------------- rotary embeddings
-class RotaryEmbedding(nn.Module):
-    """cos/sin tables of the rotary position embedding for positions 0..max_len-1.
-
-    The rotation pairs channel i with channel i + head_dim/2 ("rotate half", the
-    transformers layout), both using frequency theta^(-2i/head_dim), so the tables repeat
-    the half-width angles twice: [max_len, head_dim].
-    """
-
-    def __init__(self, head_dim: int, max_len: int, theta: float):
-        super().__init__()
-        self.head_dim, self.max_len, self.theta = head_dim, max_len, theta
-        cos, sin = self._tables(None)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-
-    def _tables(self, device: torch.device | None) -> tuple[Tensor, Tensor]:
-        # the same float32 arithmetic as transformers' LlamaRotaryEmbedding, for parity
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32,
-                                                      device=device) / self.head_dim))
-        pos = torch.arange(self.max_len, dtype=torch.float32, device=device)
-        angles = pos[:, None] * inv_freq[None, :]
-        angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos(), angles.sin()
-
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # Rebuild the tables after every move: a cast to bf16 and back would otherwise
-        # leave them rounded, and `to_empty()` (meta-device init) would leave garbage.
-        super()._apply(fn, recurse)
-        if self.cos.device.type != "meta":
-            self.cos, self.sin = self._tables(self.cos.device)
-        return self
-
-    def forward(self, start: int, length: int, position_ids: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Tables for the given positions: [T, head_dim], or [B, T, head_dim]."""
-        if position_ids is None:
-            return self.cos[start:start + length], self.sin[start:start + length]
-        return self.cos[position_ids], self.sin[position_ids]
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x [B, T, heads, head_dim] by the position angles (cos/sin: [(B,) T, head_dim])."""
-    cos = cos.to(x.dtype).unsqueeze(-2)  # broadcast over heads
-    sin = sin.to(x.dtype).unsqueeze(-2)
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin  # rotate_half(x) = [-x2, x1]
-
-
-def positions_in_segments(segment_ids: Tensor) -> Tensor:
-    """Position of each token within its segment: [[0,0,0,1,1]] -> [[0,1,2,0,1]].
-
-    Segments are runs of equal ids along the sequence (packed examples).
-    """
-    B, T = segment_ids.shape
-    idx = torch.arange(T, device=segment_ids.device).expand(B, T)
-    starts = torch.ones_like(segment_ids, dtype=torch.bool)
-    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-    # index of the most recent segment start at or before each position
-    last_start = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
-    return idx - last_start
+from mlscale.model.layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary, attention, positions_in_segments
+from mlscale.model.llama.config import LlamaConfig
 
 
 # -------------------------------------------------------------------------- KV cache
@@ -147,18 +62,10 @@ class KVCache:
 
 
 # ------------------------------------------------------------------------- attention
-def _plain(*linears: nn.Linear) -> bool:
-    """True when the projections are untouched nn.Linear layers, so their weights may be
-    concatenated into one matrix multiply. LoRA or quantised replacements, and modules
-    with hooks (tensor parallelism redistributes through hooks), take the module path."""
-    return all(type(m) is nn.Linear and type(m.weight) is nn.Parameter and m.bias is None
-               and not m._forward_hooks and not m._forward_pre_hooks for m in linears)
-
-
 class Attention(nn.Module):
     """Causal self-attention with grouped-query heads (kv_heads <= n_head)."""
 
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
         self.layer = layer
         self.n_head, self.kv_heads, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -172,72 +79,27 @@ class Attention(nn.Module):
                 kv_cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
         H, KV, D = self.n_head, self.kv_heads, self.head_dim
-        plain = _plain(self.q_proj, self.k_proj, self.v_proj)
-        fused = plain and kv_cache is None and cpu_fused.enabled(x)
-        if fused:  # hand-written backward
-            q, k, v = cpu_fused.qkv_rope(x, self.q_proj.weight, self.k_proj.weight,
-                                         self.v_proj.weight, cos, sin, H, KV)
-        else:
-            if plain:
-                # one matmul for q, k and v instead of three (forward and backward) and one
-                # rotation for q and k together: fewer, larger kernels. The weights' concat
-                # is a small copy next to the activations; its backward splits the grads.
-                w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-                qkv = F.linear(x, w).view(B, T, H + 2 * KV, D)
-                qk = apply_rotary(qkv[:, :, :H + KV], cos, sin)
-                q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
-            else:
-                q = apply_rotary(self.q_proj(x).view(B, T, H, D), cos, sin)
-                k = apply_rotary(self.k_proj(x).view(B, T, KV, D), cos, sin)
-                v = self.v_proj(x).view(B, T, KV, D)
-            # [B, heads, T, head_dim] views: SDPA takes strided inputs, no copies needed
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if (fused and mask is None and causal and (self.dropout == 0 or not self.training)
-                and cpu_fused.causal_attention_fits(T, D)):
-            # its output is a [B, H, T, D] view of [B, T, H, D] memory: the reshape below is free
-            y = cpu_fused.causal_attention(q, k, v)
-        else:
-            if kv_cache is not None:
-                k, v = kv_cache.update(self.layer, k, v)
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal,
-                dropout_p=self.dropout if self.training else 0.0,
-                # grouped-query heads are broadcast inside the kernel instead of copied
-                enable_gqa=KV != H,
-            )
+        q = apply_rotary(self.q_proj(x).view(B, T, H, D), cos, sin)
+        k = apply_rotary(self.k_proj(x).view(B, T, KV, D), cos, sin)
+        v = self.v_proj(x).view(B, T, KV, D)
+        # [B, heads, T, head_dim] views: SDPA takes strided inputs, no copies needed
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)
+        y = attention(q, k, v, causal=causal, mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
-
-
-# ------------------------------------------------------------------------------- MLP
-class MLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
-        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if _plain(self.gate_proj, self.up_proj, self.down_proj) and cpu_fused.enabled(x):
-            return cpu_fused.swiglu(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
-        if _plain(self.gate_proj, self.up_proj):  # one matmul for both (see Attention)
-            gate, up = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight))).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
 
 
 # ----------------------------------------------------------------------------- block
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = SwiGLU(cfg.d_model, cfg.ffn_hidden)
         self.resid_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, causal: bool,
@@ -250,10 +112,10 @@ class Block(nn.Module):
 class Llama(nn.Module):
     """The decoder: embeddings, `n_layer` blocks, final norm, output projection."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: LlamaConfig):
         super().__init__()
         if cfg.vocab_size <= 0:
-            raise ValueError("ModelConfig.vocab_size must be set (> 0) before building the model")
+            raise ValueError("LlamaConfig.vocab_size must be set (> 0) before building the model")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
