@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data
-SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
+from sample_data import shakespeare_text, write_commoncrawl
 
 
 def shakespeare_docs(n: int, lines: int = 40, start: int = 0) -> list[str]:
     """`n` consecutive, non-overlapping passages of the plays (real text, ~1.5 kB each)."""
-    all_lines = SHAKESPEARE.read_text("utf-8").splitlines()
+    all_lines = shakespeare_text().splitlines()
     return ["\n".join(all_lines[start + i * lines: start + (i + 1) * lines]) for i in range(n)]
 
 
@@ -54,6 +52,12 @@ def build_dedup_corpus(folder: Path, files: int = 3, per_file: int = 30, seed: i
         write_jsonl(folder / f"part-{f}.jsonl", records[f])
     planted["total"] = sum(len(r) for r in records)
     return planted
+
+
+@pytest.fixture(scope="session")
+def commoncrawl(tmp_path_factory) -> Path:
+    """The Common Crawl sample folder: cc_en_head-0091.jsonl, sample-0000/0001.warc.gz."""
+    return write_commoncrawl(tmp_path_factory.mktemp("commoncrawl"))
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from mlscale.curate.document import Document, Removal
 from mlscale.curate.extract import ExtractConfig, ExtractStep
 from mlscale.curate.readers import ReadConfig, read_file
+from sample_data import CC_WARCS, DEBIAN_REFERENCE
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 TAG = re.compile(r"</?(?:div|p|span|a|table|tr|td|li|ul|body|head|script)\b[^>]*>", re.I)
 
 PAGE = """<html><head><title>T</title><script>var tracking = 1;</script></head><body>
@@ -45,7 +44,7 @@ def test_documents_without_html_pass_unchanged_and_empty_pages_are_removed():
 
 
 def test_real_warc_pages_extract_to_readable_text():
-    items = list(read_file(SHARED / "web" / "debian-reference.warc.gz", ReadConfig()))
+    items = list(read_file(DEBIAN_REFERENCE[0], ReadConfig()))  # the bundled sample's 13 pages
     out = list(ExtractStep().run(items[:12]))
     docs = [d for d in out if isinstance(d, Document)]
     assert len(docs) == 12
@@ -53,7 +52,7 @@ def test_real_warc_pages_extract_to_readable_text():
         assert len(d.text) > 500 and not TAG.search(d.text)
     en = next(d for d in docs if d.url.endswith("apa.en.html"))
     assert "Debian" in en.text
-    cc = list(ExtractStep().run(read_file(SHARED / "commoncrawl" / "sample-0001.warc.gz", ReadConfig())))
+    cc = list(ExtractStep().run(read_file(CC_WARCS["sample-0001.warc.gz"], ReadConfig())))
     kept = [d for d in cc if isinstance(d, Document)]
     assert len(kept) >= 15 and all(d.text.strip() == d.text for d in kept)
     assert all(o.reason == "no_text" for o in cc if isinstance(o, Removal))

@@ -14,9 +14,6 @@ from mlscale.curate.document import Document, Removal
 from mlscale.curate.readers import ReadConfig, decode_document, discover_inputs, read_file
 from mlscale.errors import InputError
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-CC = SHARED / "commoncrawl"
-
 
 def items(path: Path, cfg: ReadConfig | None = None, on_error: str = "fail", source=None):
     return list(read_file(path, cfg or ReadConfig(), on_error=on_error, source=source))
@@ -51,8 +48,8 @@ def test_discover_expands_directories_sorted_and_skips_hidden(tmp_path):
     assert discover_inputs([tmp_path / "b" / "z.jsonl", tmp_path / "b"]) == [tmp_path / "b" / "z.jsonl"]
 
 
-def test_discover_real_data_folder():
-    found = discover_inputs([CC])
+def test_discover_real_data_folder(commoncrawl):
+    found = discover_inputs([commoncrawl])
     assert [p.name for p in found] == ["cc_en_head-0091.jsonl", "sample-0000.warc.gz", "sample-0001.warc.gz"]
 
 
@@ -69,8 +66,8 @@ def test_discover_errors_are_one_clear_message(tmp_path, make, message):
 
 
 # ---------------------------------------------------------------------------------- JSONL
-def test_real_ccnet_jsonl_ids_urls_and_metadata():
-    docs = items(CC / "cc_en_head-0091.jsonl")
+def test_real_ccnet_jsonl_ids_urls_and_metadata(commoncrawl):
+    docs = items(commoncrawl / "cc_en_head-0091.jsonl")
     assert len(docs) == 10 and all(isinstance(d, Document) for d in docs)
     first = docs[0]
     assert first.id == "http://100kinvesting.com/2016/11/28/first-teleconference-calls-invoice-factoring/"
@@ -122,8 +119,8 @@ def test_jsonl_undecodable_bytes_and_lone_surrogates_are_replaced_and_counted(tm
     (".jsonl.gz", gzip.compress), (".jsonl.bz2", bz2.compress), (".json.gz", gzip.compress),
     (".jsonl.zst", None),
 ])
-def test_compressed_jsonl_reads_the_same_records(tmp_path, suffix, opener):
-    raw = (CC / "cc_en_head-0091.jsonl").read_bytes()
+def test_compressed_jsonl_reads_the_same_records(tmp_path, suffix, opener, commoncrawl):
+    raw = (commoncrawl / "cc_en_head-0091.jsonl").read_bytes()
     if opener is None:
         import zstandard
 
@@ -132,7 +129,7 @@ def test_compressed_jsonl_reads_the_same_records(tmp_path, suffix, opener):
         data = opener(raw)
     path = tmp_path / ("cc" + suffix)
     path.write_bytes(data)
-    plain = items(CC / "cc_en_head-0091.jsonl")
+    plain = items(commoncrawl / "cc_en_head-0091.jsonl")
     got = items(path)
     assert [(d.id, d.text) for d in got] == [(d.id, d.text) for d in plain]
 
@@ -224,8 +221,8 @@ def test_corrupt_parquet_is_an_input_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- WARC
-def test_real_commoncrawl_warc_responses():
-    out = items(CC / "sample-0000.warc.gz")
+def test_real_commoncrawl_warc_responses(commoncrawl):
+    out = items(commoncrawl / "sample-0000.warc.gz")
     assert len(out) == 22 and all(isinstance(d, Document) for d in out)  # 22 HTTP responses
     first = out[0]
     assert first.id == "urn:uuid:283E41D7-F686-4C3E-B7DA-E8D248A100C1"
@@ -235,8 +232,8 @@ def test_real_commoncrawl_warc_responses():
     assert len({d.id for d in out}) == 22
 
 
-def test_chunked_transfer_encoding_is_undone():
-    out = items(CC / "sample-0000.warc.gz")
+def test_chunked_transfer_encoding_is_undone(commoncrawl):
+    out = items(commoncrawl / "sample-0000.warc.gz")
     chunked = next(d for d in out if d.id == "urn:uuid:F3C7FC77-0FF7-4C1C-B521-544F3C266C64")
     assert chunked.html.startswith("<!DOCTYPE html")
     assert "\r\n0\r\n" not in chunked.html[-20:]

@@ -10,8 +10,7 @@ import pytest
 from mlscale.cli import main
 from mlscale.config import from_dict, load_config
 from mlscale.train.config import PretrainConfig
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
+from sample_data import shakespeare_text
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,7 +31,7 @@ def run(tmp_path_factory, one_thread) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("evalrun")
     src = root / "text.txt"
-    src.write_text(SHAKESPEARE.read_text()[:30_000])
+    src.write_text(shakespeare_text()[:30_000])
     tcfg = load_config(TokenizeConfig, overrides=["--tokenizer.kind=char", "--shards.workers=1"])
     tokenize_corpus([src], root / "tok", tcfg, progress=False)
     cfg = from_dict(PretrainConfig, {
@@ -69,7 +68,7 @@ def test_evaluate_prints_json_with_the_figures(run, capsys):
 def test_evaluate_on_a_text_file_and_bad_data(run, tmp_path, capsys):
     run_dir, tok = run
     text = tmp_path / "t.txt"
-    text.write_text(SHAKESPEARE.read_text()[30_000:31_000])
+    text.write_text(shakespeare_text()[30_000:31_000])
     rc, out, _ = run_cli(["evaluate", str(run_dir), "--data", str(text)], capsys)
     res = json.loads(out)
     assert rc == 0 and res["tokens"] == 999 and res["bytes_per_token"] == pytest.approx(1.0)

@@ -15,15 +15,12 @@ from mlscale.export.hf import export_hf, hf_name
 from mlscale.model.config import ModelConfig
 from mlscale.model.llama import Llama
 from mlscale.tokenize.tokenizer import load_tokenizer, train_bpe
-
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
-SEED_TASKS = DATA / "self-instruct" / "seed_tasks.jsonl"
+from sample_data import seed_tasks_text, shakespeare_text
 
 
 @pytest.fixture(scope="module")
 def bpe_file(tmp_path_factory) -> Path:
-    text = SHAKESPEARE.read_text()[:60_000]
+    text = shakespeare_text()[:60_000]
     path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
     train_bpe((text[i:i + 2000] for i in range(0, len(text), 2000)), 400, progress=False).save(str(path))
     return path
@@ -181,7 +178,7 @@ def test_merge_exports_a_lora_finetuned_run(tmp_path, capsys):
     build_char_tokenizer(string.printable).save(str(char))
     base = make_run(tmp_path / "base", char)
     records = []
-    for line in SEED_TASKS.read_text().splitlines()[:30]:
+    for line in seed_tasks_text().splitlines()[:30]:
         task = json.loads(line)
         inst = task["instances"][0]
         records.append({"instruction": task["instruction"][:60], "input": inst["input"][:20],

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ft_helpers import SEED_TASKS, make_run, write_jsonl
+from ft_helpers import make_run, write_jsonl
+from sample_data import write_seed_tasks
 
 
 @pytest.fixture(scope="session")
@@ -15,9 +16,9 @@ def base_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def seed_tasks() -> Path:
-    assert SEED_TASKS.is_file(), f"shared data missing: {SEED_TASKS}"
-    return SEED_TASKS
+def seed_tasks(tmp_path_factory) -> Path:
+    """The 175 self-instruct seed tasks as a plain JSONL file (seed_tasks.jsonl)."""
+    return write_seed_tasks(tmp_path_factory.mktemp("self-instruct") / "seed_tasks.jsonl")
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,7 @@ from mlscale.tokenize.char import build_char_tokenizer
 from mlscale.train.checkpoint import save_checkpoint, tokenizer_fingerprint
 from mlscale.train.config import PretrainConfig
 from mlscale.train.optimizer import build_optimizer
-
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-SEED_TASKS = SHARED_DATA / "self-instruct" / "seed_tasks.jsonl"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+from sample_data import shakespeare_text
 
 
 def write_char_tokenizer(path: Path) -> None:
@@ -42,7 +39,7 @@ def make_run(run: Path, seq_len: int = 256, seed: int = 0, pretrain_steps: int =
     model = Llama(cfg.model)
     optimizer = build_optimizer(model, cfg.train)
     if pretrain_steps:
-        ids = torch.tensor(tok.encode(SHAKESPEARE.read_text()[:300_000]))
+        ids = torch.tensor(tok.encode(shakespeare_text()[:300_000]))
         g = torch.Generator().manual_seed(seed)
         for group in optimizer.param_groups:
             group["lr"] = 1e-2

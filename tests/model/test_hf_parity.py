@@ -13,13 +13,12 @@ from mlscale.model.config import ModelConfig
 from mlscale.model.llama import Llama
 from mlscale.tokenize.char import build_char_tokenizer
 from mlscale.tokenize.tokenizer import load_tokenizer
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
+from sample_data import shakespeare_text
 
 
 @pytest.fixture(scope="module")
 def text() -> str:
-    return SHAKESPEARE.read_text()[:20_000]
+    return shakespeare_text()[:20_000]
 
 
 @pytest.fixture(scope="module")

@@ -4,24 +4,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sample_data import write_chinchilla
 
 from mlscale.scaling.fit import ParametricFit, fit_law
 from mlscale.scaling.laws import CHINCHILLA
 from mlscale.scaling.table import RunTable, read_table
 
-CHINCHILLA_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "chinchilla" / "svg_extracted_data.csv"
+
+@pytest.fixture(scope="session")
+def chinchilla_csv(tmp_path_factory) -> Path:
+    """Epoch AI's extraction of Chinchilla's figure 4: 245 runs (svg_extracted_data.csv)."""
+    return write_chinchilla(tmp_path_factory.mktemp("chinchilla") / "svg_extracted_data.csv")
 
 
 @pytest.fixture(scope="session")
-def chinchilla_csv() -> Path:
-    """Epoch AI's extraction of Chinchilla's figure 4: 245 runs."""
-    return CHINCHILLA_CSV
-
-
-@pytest.fixture(scope="session")
-def chinchilla_table() -> RunTable:
+def chinchilla_table(chinchilla_csv) -> RunTable:
     """The 245 runs with the 5 highest-loss ones dropped, as Besiroglu et al. do."""
-    return read_table(CHINCHILLA_CSV).drop_highest_loss(5)
+    return read_table(chinchilla_csv).drop_highest_loss(5)
 
 
 @pytest.fixture(scope="session")

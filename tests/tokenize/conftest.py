@@ -1,20 +1,17 @@
-"""Shared fixtures of the tokenize tests: real text from ../shared/data."""
+"""Shared fixtures of the tokenize tests: real text from the bundled sample (sample_data)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data
-SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
-CC_JSONL = SHARED / "commoncrawl" / "cc_en_head-0091.jsonl"
+from sample_data import ccnet_bytes, write_shakespeare
 
 
 @pytest.fixture(scope="session")
-def shakespeare() -> Path:
-    assert SHAKESPEARE.is_file(), f"shared data missing: {SHAKESPEARE}"
-    return SHAKESPEARE
+def shakespeare(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny Shakespeare as a plain text file (input.txt)."""
+    return write_shakespeare(tmp_path_factory.mktemp("shakespeare") / "input.txt")
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +23,8 @@ def shakespeare_text(shakespeare: Path) -> str:
 @pytest.fixture(scope="session")
 def cc_records() -> list[dict]:
     """The real CCNet documents (id, text) of the commoncrawl sample."""
-    assert CC_JSONL.is_file(), f"shared data missing: {CC_JSONL}"
-    with open(CC_JSONL, encoding="utf-8") as fh:
-        return [{"id": r["id"], "text": r["text"]} for r in map(json.loads, fh)]
+    lines = ccnet_bytes().split(b"\n")[:-1]  # one JSON object a line, each ended by \n
+    return [{"id": r["id"], "text": r["text"]} for r in map(json.loads, lines)]
 
 
 @pytest.fixture(scope="session")

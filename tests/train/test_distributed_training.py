@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-TEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 STEPS = 20
 MODEL = ["--model.n_layer=2", "--model.n_head=4", "--model.n_kv_head=2", "--model.d_model=32",
          "--model.seq_len=16"]
@@ -31,8 +30,9 @@ def _free_port() -> int:
 
 
 def _text() -> str:
-    assert TEXT.is_file(), f"shared data missing: {TEXT}"
-    return TEXT.read_text()[:60_000]
+    from sample_data import shakespeare_text
+
+    return shakespeare_text()[:60_000]
 
 
 @pytest.fixture(scope="module")

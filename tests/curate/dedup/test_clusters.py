@@ -1,16 +1,11 @@
 """Clusters and survivors: deterministic, and the same whatever order shards arrive in."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from mlscale.curate.dedup import (NearConfig, band_keys, bucket_pairs, choose_survivors,
                                   connected_components, minhash_signatures, verify_pairs)
-
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from sample_data import shakespeare_text
 
 
 def test_components_and_survivors_by_hand():
@@ -46,7 +41,7 @@ def _near_pipeline(shards: list[tuple[np.ndarray, list[str]]], n: int, cfg: Near
 
 
 def test_result_independent_of_shard_order():
-    text = (DATA / "tinyshakespeare" / "input.txt").read_text()
+    text = shakespeare_text()
     base = [text[i: i + 1500] for i in range(0, 90_000, 1500)]
     rng = np.random.default_rng(3)
     docs = list(base)

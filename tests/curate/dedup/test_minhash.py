@@ -1,23 +1,18 @@
 """MinHash signatures: exact permutation arithmetic, and estimates that track true Jaccard."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from mlscale.curate.dedup import (EMPTY_HASH, NearConfig, estimated_jaccard,
                                   minhash_signatures, shingle_hashes)
 from mlscale.curate.dedup.minhash import MERSENNE_61, permutations
-
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from sample_data import shakespeare_text
 
 
 @pytest.fixture(scope="module")
 def chunks() -> list[str]:
-    text = (DATA / "tinyshakespeare" / "input.txt").read_text()
+    text = shakespeare_text()
     return [text[i: i + 4000] for i in range(0, 400_000, 4000)]
 
 

@@ -1,23 +1,18 @@
 """near_duplicates end to end against exact Jaccard ground truth on real text."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from mlscale.curate.dedup import NearConfig, near_duplicates, shingle_hashes
 from mlscale.curate.dedup.jaccard import exact_jaccard_pairs
-
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from sample_data import shakespeare_text
 
 
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
     """Real chunks plus copies with 0.5-20% of their words replaced, and empty documents."""
-    text = (DATA / "tinyshakespeare" / "input.txt").read_text()
+    text = shakespeare_text()
     base = [text[i: i + 2500] for i in range(0, 300_000, 2500)]
     rng = np.random.default_rng(11)
     docs = list(base)

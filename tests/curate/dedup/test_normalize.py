@@ -4,15 +4,11 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
 from mlscale.curate.dedup.normalize import normalize_batch, normalize_text
-
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from sample_data import ccnet_bytes
 
 _NUMBER = re.compile(r"\d+(?:[.,،٫⎖⎗⎘]\d+)?")
 _DECIMAL_SEPARATORS = set(".,،٫⎖⎗⎘")
@@ -71,7 +67,7 @@ def test_idempotent_and_batch_equals_single():
 
 
 def test_matches_reference_on_real_web_text():
-    lines = (DATA / "commoncrawl" / "cc_en_head-0091.jsonl").read_text().splitlines()[:300]
+    lines = ccnet_bytes().decode("utf-8").split("\n")[:-1][:300]
     texts = [json.loads(line)["text"] for line in lines]
     assert any(not t.isascii() for t in texts)  # the sample exercises the unicode paths
     buf, offsets = normalize_batch(texts)

@@ -1,12 +1,9 @@
 """Builders and real inputs shared by the quality-filter tests (imported as `filter_helpers`)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from mlscale.curate.document import Document, Removal
 from mlscale.curate.step import DocumentStep
-
-SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
+from sample_data import CC_WARCS, CCNET_ZST, PYTHON_DOCS, shakespeare_text
 
 # mean length 5.0, three of Gopher's stop words (the, and, with)
 VOCAB = "the garden river house and with morning light walked slowly".split()
@@ -29,12 +26,12 @@ def load_real_texts() -> list[str]:
     from mlscale.curate.readers import ReadConfig, read_file
 
     texts: list[str] = []
-    for path, limit in ((SHARED / "commoncrawl" / "sample-0000.warc.gz", 30),
-                        (SHARED / "commoncrawl" / "sample-0001.warc.gz", 30),
-                        (SHARED / "web" / "python-3.11-docs.warc.gz", 40)):
+    for path, limit in ((CC_WARCS["sample-0000.warc.gz"], 30),
+                        (CC_WARCS["sample-0001.warc.gz"], 30),
+                        (PYTHON_DOCS, 40)):
         items = [i for _, i in zip(range(limit), read_file(path, ReadConfig()))]
         texts += [d.text for d in ExtractStep().run(items) if isinstance(d, Document)]
-    texts += [d.text for d in read_file(SHARED / "commoncrawl" / "cc_en_head-0091.jsonl", ReadConfig())]
-    plays = (SHARED / "tinyshakespeare" / "input.txt").read_text("utf-8")
+    texts += [d.text for d in read_file(CCNET_ZST, ReadConfig())]
+    plays = shakespeare_text()
     texts += [plays[i:i + 3000] for i in range(0, 60_000, 3000)]
     return texts

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from filter_helpers import SHARED
+from sample_data import CC_WARCS
 
 from mlscale.config import describe, load_config
 from mlscale.curate.document import Document, Removal
@@ -51,7 +51,7 @@ def test_overrides_switch_rules_and_filters():
 
 
 def test_real_pages_through_the_whole_chain_end_with_documented_reasons():
-    items = read_file(SHARED / "commoncrawl" / "sample-0000.warc.gz", ReadConfig())
+    items = read_file(CC_WARCS["sample-0000.warc.gz"], ReadConfig())
     out = list(run_steps([ExtractStep(), *quality_steps()], items))
     assert len(out) == 22
     kept = [o for o in out if isinstance(o, Document)]
