@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from mlscale.cli import main
 from mlscale.config import to_dict
 from mlscale.errors import ArtifactError
-from mlscale.export.hf import export_hf, hf_name
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.export.hf import export_hf
+from mlscale.model.llama import Llama, LlamaConfig
+from mlscale.model.llama.hf import hf_name
+from mlscale.model.registry import get_family
 from mlscale.tokenize.tokenizer import load_tokenizer, train_bpe
 from sample_data import seed_tasks_text, shakespeare_text
 
@@ -27,11 +28,11 @@ def bpe_file(tmp_path_factory) -> Path:
 
 
 def tiny_model(vocab_size: int, tie: bool = True, seq_len: int = 64) -> Llama:
-    cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=seq_len,
+    cfg = LlamaConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=seq_len,
                       vocab_size=vocab_size, tie_embeddings=tie)
     cfg.validate()
     torch.manual_seed(0)
-    return Llama(cfg).eval()
+    return get_family("llama").build(cfg).eval()
 
 
 def make_run(run: Path, tokenizer_file: Path, steps: tuple[int, ...] = (1,)) -> Path:
@@ -43,12 +44,12 @@ def make_run(run: Path, tokenizer_file: Path, steps: tuple[int, ...] = (1,)) -> 
     run.mkdir(parents=True)
     (run / "tokenizer.json").write_bytes(tokenizer_file.read_bytes())
     tok = load_tokenizer(run / "tokenizer.json")
-    cfg = PretrainConfig(model=ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=128,
+    cfg = PretrainConfig(model=LlamaConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=128,
                                            vocab_size=tok.vocab_size))
     (run / "config.json").write_text(json.dumps(to_dict(cfg)))
     for step in steps:
         torch.manual_seed(step)
-        model = Llama(cfg.model)
+        model = get_family("llama").build(cfg.model)
         save_checkpoint(run, step, model, build_optimizer(model, cfg.train),
                         {"tokenizer_fingerprint": tokenizer_fingerprint(run / "tokenizer.json")},
                         to_dict(cfg), keep=len(steps))

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from mlscale.config import to_dict
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import LlamaConfig
+from mlscale.model.registry import get_family
 from mlscale.tokenize.char import build_char_tokenizer
 from mlscale.train.checkpoint import save_checkpoint, tokenizer_fingerprint
 from mlscale.train.config import PretrainConfig
@@ -32,11 +32,11 @@ def make_run(run: Path, seq_len: int = 256, seed: int = 0, pretrain_steps: int =
     run.mkdir(parents=True, exist_ok=True)
     write_char_tokenizer(run / "tokenizer.json")
     tok = load_tokenizer(run / "tokenizer.json")
-    cfg = PretrainConfig(model=ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=seq_len,
+    cfg = PretrainConfig(model=LlamaConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=seq_len,
                                            vocab_size=tok.vocab_size))
     cfg.train.weight_decay = 0.0
     torch.manual_seed(seed)
-    model = Llama(cfg.model)
+    model = get_family("llama").build(cfg.model)
     optimizer = build_optimizer(model, cfg.train)
     if pretrain_steps:
         ids = torch.tensor(tok.encode(shakespeare_text()[:300_000]))

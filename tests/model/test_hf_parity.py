@@ -9,8 +9,8 @@ import torch
 
 from mlscale.evaluate.sampling import generate
 from mlscale.export.hf import export_hf
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import LlamaConfig
+from mlscale.model.registry import get_family
 from mlscale.tokenize.char import build_char_tokenizer
 from mlscale.tokenize.tokenizer import load_tokenizer
 from sample_data import shakespeare_text
@@ -30,19 +30,23 @@ def tokenizer_file(tmp_path_factory, text) -> Path:
 
 @pytest.mark.parametrize("n_kv_head", [4, 2], ids=["mha", "gqa"])
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_transformers_reproduces_our_logits_and_greedy_tokens(tmp_path, tokenizer_file, text, n_kv_head, tie):
+@pytest.mark.parametrize("fused", [False, True], ids=["pure", "fused"])
+def test_transformers_reproduces_our_logits_and_greedy_tokens(tmp_path, tokenizer_file, text, n_kv_head, tie,
+                                                              fused):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     tok = load_tokenizer(tokenizer_file)
-    cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=n_kv_head, d_model=64, seq_len=48,
+    cfg = LlamaConfig(n_layer=2, n_head=4, n_kv_head=n_kv_head, d_model=64, seq_len=48,
                       vocab_size=tok.vocab_size, tie_embeddings=tie, rope_theta=500.0, init_std=0.2)
     cfg.validate()
     torch.manual_seed(0)
-    ours = Llama(cfg).eval()
+    ours = get_family("llama").build(cfg).eval()
     with torch.no_grad():  # gains away from one, so a misplaced norm weight would show
         for name, p in ours.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
+    if fused:  # the fused CPU kernels swapped in, as the trainer does on a CPU
+        assert get_family("llama").fuse_cpu(ours) > 0
     export_hf(ours, tmp_path, tokenizer_file)
 
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path)
