@@ -113,21 +113,21 @@ def test_resume_refuses_another_global_batch(tokens, tmp_path):
 ONE_RANK_FSDP = r"""
 import json, sys, torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from mlscale.model.config import ModelConfig
-from mlscale.model.llama import Llama
+from mlscale.model.llama import LlamaConfig
+from mlscale.model.registry import get_family
 from mlscale.train.config import ParallelConfig
 from mlscale.train.parallel import DistEnv, apply_data_parallel
 from torch.distributed.tensor import DTensor
 
 dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:" + sys.argv[1])
 env = DistEnv(mesh=init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp", "tp")))
-cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=16, vocab_size=40)
+cfg = LlamaConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=16, vocab_size=40)
 g = torch.Generator().manual_seed(0)
 batches = [torch.randint(0, 40, (4, 17), generator=g) for _ in range(3)]
 curves = {}
 for name in ("plain", "fsdp"):
     torch.manual_seed(0)
-    model = Llama(cfg)
+    model = get_family("llama").build(cfg)
     run = apply_data_parallel(model, ParallelConfig(strategy="fsdp"), env) if name == "fsdp" else model
     sharded = all(isinstance(p, DTensor) for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
