@@ -12,9 +12,11 @@ a file over `MAX_FILE_LINES` lines and on a function over `MAX_FUNCTION_LINES` l
                    and Ray, for every data stage), runtime (device, ranks), html (report
                    building blocks), reference, layers, data (bundled data)
     data, models   curate, images, tokenize, model
-    tasks          tasks
-    trainer        train
-    uses of runs   finetune, evaluate, export, scaling, report
+    trainer        train (the loop, its configs, checkpoints and the task interface)
+    tasks          tasks (what is learnt from a batch: they fill in train's interface;
+                   the trainer finds them by name, never by import)
+    uses of runs   finetune (its tasks, adapters and data formats), evaluate, export,
+                   scaling, report
     experiment     experiment (`mlscale run`)
     command line   cli, __main__
 
@@ -26,8 +28,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground floor", ("", "config", "artifacts", "errors", "executors", "runtime", "html",
                       "reference", "layers", "data")),
     ("data stages and models", ("curate", "images", "tokenize", "model")),
-    ("tasks", ("tasks",)),
     ("trainer", ("train",)),
+    ("tasks", ("tasks",)),
     ("fine-tuning, evaluation, export, scaling, reports",
      ("finetune", "evaluate", "export", "scaling", "report")),
     ("experiment", ("experiment",)),

@@ -2,7 +2,9 @@
 
 Each case launches the real command line (`torchrun -m mlscale pretrain`) on tiny token
 data and compares the per-step losses of metrics.jsonl with a single-process run that has
-the same global batch (batch_size x data-parallel ranks).
+the same global batch (batch_size x data-parallel ranks). Gradient clipping runs at its
+default (train.grad_clip=1.0) and acts in most steps of these runs: each case asserts
+that it clipped, and at the same steps as one process.
 """
 from __future__ import annotations
 
@@ -59,13 +61,17 @@ def pretrain(tokens: Path, out: Path, nproc: int, *extra: str) -> dict[int, floa
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+    return {r["step"]: (r["train_loss"], r["clipped"]) for r in records if "train_loss" in r}
 
 
-def assert_same_curve(a: dict[int, float], b: dict[int, float], tol: float = 1e-5) -> None:
+def assert_same_curve(a: dict[int, tuple], b: dict[int, tuple], tol: float = 1e-5) -> None:
+    """Same losses within `tol`, and gradient clipping active at the same steps."""
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
-    worst = max(abs(a[s] - b[s]) for s in a)
+    worst = max(abs(a[s][0] - b[s][0]) for s in a)
     assert worst <= tol, f"largest loss difference {worst:.2e} > {tol}"
+    clipped = [s for s in a if a[s][1]]
+    assert len(clipped) >= STEPS // 4, f"clipping acted in only {len(clipped)} steps"
+    assert clipped == [s for s in b if b[s][1]]
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +106,14 @@ def test_tensor_parallel_two_ranks_matches_one_process(tokens, tmp_path, single)
     assert_same_curve(tp, single)
 
 
+def test_tensor_parallel_alone_clips_like_one_process(tokens, tmp_path, single):
+    """TP=2 without FSDP: tensor-parallel DTensor weights beside plain replicated ones
+    (embeddings, norms). Clipping them together once failed ("aten._foreach_mul_.Scalar
+    got mixed torch.Tensor and DTensor")."""
+    tp = pretrain(tokens, tmp_path / "tp", 2, "--train.batch_size=8", "--parallel.tp=2")
+    assert_same_curve(tp, single)
+
+
 def test_resume_refuses_another_global_batch(tokens, tmp_path):
     run = tmp_path / "r"
     pretrain(tokens, run, 1, "--train.batch_size=8", "--train.max_steps=10")
@@ -116,7 +130,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from mlscale.model.llama import LlamaConfig
 from mlscale.model.registry import get_family
 from mlscale.train.config import ParallelConfig
-from mlscale.train.parallel import DistEnv, apply_data_parallel
+from mlscale.runtime.dist import DistEnv
+from mlscale.train.parallel import apply_data_parallel
 from torch.distributed.tensor import DTensor
 
 dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:" + sys.argv[1])
@@ -128,7 +143,8 @@ curves = {}
 for name in ("plain", "fsdp"):
     torch.manual_seed(0)
     model = get_family("llama").build(cfg)
-    run = apply_data_parallel(model, ParallelConfig(strategy="fsdp"), env) if name == "fsdp" else model
+    blocks = list(model.blocks)
+    run = apply_data_parallel(model, blocks, ParallelConfig(strategy="fsdp"), env) if name == "fsdp" else model
     sharded = all(isinstance(p, DTensor) for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []

@@ -109,7 +109,15 @@ class FinetuneTask(Task):
     unit = "token"
     needs_base = True
     eval_at_start = True
+    run_marker = RUN_INFO
     objective: ClassVar[str] = ""
+
+    @classmethod
+    def load_run(cls, run_dir: Path, step: int | None = None, device: Any = "cpu") -> Any:
+        """The fine-tuned model: its base with the adapter merged (see finetune/merge.py)."""
+        from mlscale.finetune.merge import load_finetuned
+
+        return load_finetuned(run_dir, device=device)
 
     @classmethod
     def make_config(cls, settings: dict[str, Any]) -> FinetuneConfig:

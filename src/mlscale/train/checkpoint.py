@@ -316,15 +316,17 @@ def read_run_config(run_dir: Path):
 def load_run(run_dir: Path, step: int | None = None, device: torch.device | str = "cpu") -> LoadedRun:
     """The model of a run (latest checkpoint, or `step`), in eval mode, with its tokenizer.
 
-    A fine-tuned run (`mlscale finetune`) loads as its base with the adapter applied.
+    A run that a task loads its own way (a fine-tuned run: its base with the adapter
+    applied) is handed to that task (`Task.run_marker`, `Task.load_run`).
     """
-    from mlscale.finetune.merge import is_finetuned, load_finetuned
     from mlscale.model.registry import family_of
     from mlscale.tokenize.tokenizer import load_tokenizer
+    from mlscale.train.task import task_owning_run
 
     run_dir = Path(run_dir)
-    if is_finetuned(run_dir):
-        return load_finetuned(run_dir, device=device)
+    owner = task_owning_run(run_dir)
+    if owner is not None:
+        return owner.load_run(run_dir, step=step, device=device)
     cfg = read_run_config(run_dir)
     tok_path = run_dir / TOKENIZER
     if not tok_path.exists():

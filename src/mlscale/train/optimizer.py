@@ -45,11 +45,21 @@ def _fused_supported(device_type: str) -> bool:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig,
                     no_weight_decay: Callable[[str, nn.Parameter], bool] | None = None) -> torch.optim.AdamW:
-    """AdamW over `parameter_groups`, with the fused kernel where this torch has one."""
+    """AdamW over `parameter_groups`, with the fused kernel where this torch has one.
+
+    Tensor parallelism without FSDP leaves plain parameters (embeddings, norms) beside
+    DTensor ones in one group; the fused and foreach kernels refuse such a mix, so those
+    models step one tensor at a time (same arithmetic).
+    """
+    from torch.distributed.tensor import DTensor
+
     groups = parameter_groups(model, cfg.weight_decay, no_weight_decay)
     device_type = next(model.parameters()).device.type
+    kinds = {isinstance(p, DTensor) and p.device_mesh for p in model.parameters() if p.requires_grad}
     kwargs: dict = {}
-    if _fused_supported(device_type):
+    if len(kinds) > 1:
+        kwargs.update(foreach=False, fused=False)
+    elif _fused_supported(device_type):
         kwargs["fused"] = True
     else:
         kwargs["foreach"] = True

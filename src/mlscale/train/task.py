@@ -49,6 +49,7 @@ class Task(ABC):
     stage: ClassVar[str] = "train"
     unit: ClassVar[str] = "sample"
     needs_base: ClassVar[bool] = False  # fine-tuning: starts from a trained model (--base)
+    run_marker: ClassVar[str | None] = None  # a file that marks a run this task loads itself
     out_dir: Path  # the run directory, set by the trainer before it builds the model
     eval_at_start: ClassVar[bool] = False  # evaluate before the first step too
 
@@ -131,6 +132,12 @@ class Task(ABC):
         """After the last step: write the task's outputs; returns extra summary entries."""
         return {}
 
+    @classmethod
+    def load_run(cls, run_dir: Path, step: int | None = None, device: Any = "cpu") -> Any:
+        """A finished run of this task as a `LoadedRun`, for tasks with a `run_marker`
+        (train/checkpoint.py's `load_run` loads the others from their checkpoints)."""
+        raise TypeError(f"task {cls.name} has no run loader of its own")
+
 
 _TASKS: dict[str, type[Task]] = {}
 
@@ -145,6 +152,15 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 def task_names() -> list[str]:
     return sorted(set(_TASKS) | set(SHIPPED))
+
+
+def task_owning_run(run_dir: Path) -> type[Task] | None:
+    """The task whose `run_marker` file `run_dir` holds, if any."""
+    for name in task_names():
+        cls = get_task(name)
+        if cls.run_marker and (Path(run_dir) / cls.run_marker).is_file():
+            return cls
+    return None
 
 
 def get_task(name: str) -> type[Task]:
