@@ -78,7 +78,7 @@ def run_one(method: str, shape: dict, gpu: bool) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from mlscale.config import from_dict
     from mlscale.finetune.config import FinetuneConfig
-    from mlscale.finetune.loop import prepare_model
+    from mlscale.finetune.task import prepare_model
     from mlscale.model.llama import LlamaConfig
     from mlscale.model.lora import count_parameters
     from mlscale.model.registry import get_family

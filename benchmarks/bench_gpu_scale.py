@@ -79,9 +79,12 @@ def _train_and_time(spec: dict) -> dict:
     from mlscale.model.registry import family_of
     from mlscale.train.config import PretrainConfig
     from mlscale.runtime.device import peak_flops
-    from mlscale.train.loop import BatchPrefetcher, Runtime, apply_update, compute_gradients
+    from mlscale.runtime import Runtime
+    from mlscale.runtime.dist import DistEnv
+    from mlscale.tasks.lm import LanguageModeling
     from mlscale.train.optimizer import build_optimizer
-    from mlscale.train.parallel import DistEnv, parallelize
+    from mlscale.train.parallel import parallelize
+    from mlscale.train.trainer import BatchPrefetcher, apply_update, compute_gradients
 
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
@@ -110,19 +113,20 @@ def _train_and_time(spec: dict) -> dict:
     with torch.device("meta"):  # no host copy of a multi-billion-parameter model
         model = family.build(cfg.model)
     n_params, flops = model.num_params(), family.flops_per_sample(cfg.model, model)
-    train_model = parallelize(model, cfg.parallel, env, checkpointing=spec["ac"],
+    train_model = parallelize(model, family, cfg.parallel, env, checkpointing=spec["ac"],
                               compile=spec["compile"], param_dtype=dtype if spec["fsdp"] else None)
     model.to_empty(device=device)
     model.init_weights()
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train, family.no_weight_decay)
     data = np.random.default_rng(0).integers(0, spec["vocab"], 20_000_000, dtype=np.uint16)
-    batches = BatchPrefetcher(data, cfg, runtime)
+    task = LanguageModeling.on_arrays(cfg, data, None, runtime)
+    batches = BatchPrefetcher(task)
 
     def step(i: int) -> None:
-        result = compute_gradients(train_model, data, cfg, i, runtime, batches)
+        result = compute_gradients(train_model, task, i, 1, batches)
         if not result.finite:
             raise RuntimeError(f"non-finite loss {result.loss} at step {i}")
-        apply_update(model, optimizer, result, 3e-4, 1.0)
+        apply_update(model, optimizer, result.grad_norm, 3e-4, 1.0)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()

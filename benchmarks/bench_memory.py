@@ -60,7 +60,7 @@ def build(args, mode: str, device: torch.device) -> tuple[Llama, torch.optim.Opt
     model = family.build(cfg)
     family.fuse_cpu(model)  # as the trainer does, before activation checkpointing
     model = model.to(device)
-    apply_activation_checkpointing(model, mode)
+    apply_activation_checkpointing(family.blocks(model), mode)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 

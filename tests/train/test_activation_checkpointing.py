@@ -14,7 +14,7 @@ def _grads(mode: str) -> tuple[float, dict[str, torch.Tensor], list[str]]:
     cfg = LlamaConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, seq_len=16, vocab_size=50)
     cfg.validate()
     model = get_family("llama").build(cfg)
-    apply_activation_checkpointing(model, mode)
+    apply_activation_checkpointing(list(model.blocks), mode)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 50, (3, 16), generator=g)
     y = torch.randint(0, 50, (3, 16), generator=g)
@@ -41,7 +41,7 @@ def test_checkpointing_recomputes_in_backward():
     calls = []
     for block in model.blocks:
         block.attn.register_forward_pre_hook(lambda *a: calls.append(1))
-    apply_activation_checkpointing(model, "full")
+    apply_activation_checkpointing(list(model.blocks), "full")
     _, loss = model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))
     assert len(calls) == 2
     loss.backward()

@@ -86,13 +86,23 @@ class LanguageModeling(Task):
         self._inputs = {"tokenizer": fingerprint_file(self.tokenizer_path),
                         "tokens": fingerprint_obj({k: manifest.get(k) for k in ("dtype", "splits")})}
 
+    @classmethod
+    def on_arrays(cls, cfg: PretrainConfig, train: Any, val: Any | None, runtime: Runtime) -> "LanguageModeling":
+        """The task on token arrays in memory (benchmarks, notebooks): no token directory,
+        no tokenizer; `cfg.model.vocab_size` must be set."""
+        task = cls.__new__(cls)
+        Task.__init__(task, cfg, Path("."), runtime)
+        task.train_split, task.val_split, task._inputs = train, val, {}
+        task.tokenizer_path = None
+        return task
+
     def inputs(self) -> dict[str, str]:
         return self._inputs
 
     def on_start(self, model: nn.Module, out_dir: Path) -> None:
         from mlscale.artifacts import atomic_write_bytes
 
-        if self.runtime.is_main:  # a run carries its tokenizer: generate/export need it
+        if self.runtime.is_main and self.tokenizer_path is not None:  # generate/export need it
             atomic_write_bytes(out_dir / TOKENIZER, self.tokenizer_path.read_bytes())
 
     def draw(self, split: Any, index: int, seed: int) -> tuple[Tensor, Tensor]:
