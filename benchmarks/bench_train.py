@@ -20,7 +20,7 @@ compiling).
 
 GPU (--gpu): a GPT-2-small-sized model (12 layers, width 768, 12 heads, context 1024,
 vocab 50304) in bf16 autocast with torch.compile, through mlscale's own training step
-(train/loop.py: compute_gradients + apply_update); tokens/s and MFU against the device's
+(train/trainer.py: compute_gradients + apply_update on the lm task); tokens/s and MFU against the device's
 dense bf16 peak (H100/H200: 989 TFLOP/s). transformers' model, compiled too, is the peer,
 with a plain step (forward, backward, fused AdamW; ours also measures and clips the
 gradient norm and checks it is finite). Prints a markdown table and exits 0 even when a part fails (the failure is
@@ -247,8 +247,10 @@ def bench_gpu(batch_size: int, steps: int, warmup: int, peer: bool, compile_: bo
     from mlscale.config import from_dict
     from mlscale.train.config import PretrainConfig
     from mlscale.runtime.device import device_name, peak_flops
-    from mlscale.train.loop import BatchPrefetcher, Runtime, apply_update, compute_gradients, wrap_model
+    from mlscale.runtime import Runtime
+    from mlscale.tasks.lm import LanguageModeling
     from mlscale.train.optimizer import build_optimizer
+    from mlscale.train.trainer import BatchPrefetcher, apply_update, compute_gradients, wrap_model
 
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
@@ -288,13 +290,14 @@ def bench_gpu(batch_size: int, steps: int, warmup: int, peer: bool, compile_: bo
     torch.manual_seed(0)
     ours_ref = FAMILY.build(cfg.model).to(device)
     try:
-        model = wrap_model(ours_ref, cfg, runtime)
-        opt = build_optimizer(ours_ref, cfg.train)
-        batches = BatchPrefetcher(data, cfg, runtime)
+        task = LanguageModeling.on_arrays(cfg, data, None, runtime)
+        model = wrap_model(ours_ref, task)
+        opt = build_optimizer(ours_ref, cfg.train, FAMILY.no_weight_decay)
+        batches = BatchPrefetcher(task)
 
         def ours_step(i: int) -> None:
-            res = compute_gradients(model, data, cfg, i, runtime, batches)
-            apply_update(ours_ref, opt, res, 3e-4, 1.0)
+            res = compute_gradients(model, task, i, 1, batches)
+            apply_update(ours_ref, opt, res.grad_norm, 3e-4, 1.0)
 
         run(f"mlscale Llama (bf16{', compile' if compile_ else ''}, loop step)", model, ours_step)
         del opt, model

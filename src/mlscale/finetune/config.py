@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mlscale.config import option
 from mlscale.errors import ConfigError
 from mlscale.model.lora_config import LoraConfig
 from mlscale.train.config import ParallelConfig, TrainConfig
+from mlscale.train.data import data_config_class, register_data_kind
 
 METHODS = ("full", "lora", "qlora")
 OBJECTIVES = ("sft", "dpo")
@@ -46,6 +48,10 @@ class TemplateConfig:
 
 @dataclass
 class DataConfig:
+    """`data` when data.kind = records: JSONL instruction, chat or preference records."""
+
+    kind: str = option("records", "what --data holds (records: a JSONL file of instructions, "
+                       "chats or preference pairs)")
     format: str = option("auto", "record format; auto detects it from the first record's fields",
                          choices=FORMATS)
     val: str = option("", "held-out file in the same format; empty = split data.val_fraction off --data")
@@ -53,6 +59,9 @@ class DataConfig:
                                  min=0.0, max=0.5)
     seq_len: int = option(0, "tokens per training row; 0 = the base model's context length", min=0)
     pack: bool = option(True, "SFT: pack several examples into one row (segment ids keep them apart)")
+
+
+register_data_kind("records", DataConfig)
 
 
 @dataclass
@@ -70,7 +79,8 @@ class FinetuneConfig:
                             choices=OBJECTIVES)
     lora: LoraConfig = option(default_factory=LoraConfig, help="LoRA adapters")
     template: TemplateConfig = option(default_factory=TemplateConfig, help="prompt template")
-    data: DataConfig = option(default_factory=DataConfig, help="instruction data")
+    data: Any = option(default_factory=DataConfig, help="instruction data",
+                       select=("kind", data_config_class))
     dpo: DPOConfig = option(default_factory=DPOConfig, help="preference tuning")
     train: TrainConfig = option(default_factory=TrainConfig, help="optimisation (as pretrain)")
     parallel: ParallelConfig = option(default_factory=ParallelConfig,

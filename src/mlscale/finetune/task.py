@@ -110,6 +110,7 @@ class FinetuneTask(Task):
     needs_base = True
     eval_at_start = True
     run_marker = RUN_INFO
+    data_kinds = ("records",)
     objective: ClassVar[str] = ""
 
     @classmethod

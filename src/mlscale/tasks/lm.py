@@ -62,6 +62,7 @@ class LanguageModeling(Task):
     config_cls = PretrainConfig
     stage = "pretrain"
     unit = "token"
+    data_kinds = ("tokens",)
 
     def __init__(self, cfg: PretrainConfig, data: Path, runtime: Runtime, base: Path | None = None):
         from mlscale.tokenize.tokenizer import load_tokenizer
@@ -71,15 +72,17 @@ class LanguageModeling(Task):
         self.tokenizer_path = data / TOKENIZER
         tokenizer = load_tokenizer(self.tokenizer_path)
         super().__init__(fill_vocab(cfg, tokenizer.vocab_size), data, runtime, base)
-        self.train_split, self.val_split = self.tokens.split("train"), self.tokens.split("val")
+        self.train_split = self.tokens.split(cfg.data.train_split)
+        self.val_split = self.tokens.split(cfg.data.val_split)
         need = self.cfg.model.seq_len + 1
         if len(self.train_split) < need:
-            raise InputError(f"{data}: the train split has {len(self.train_split)} tokens, fewer than "
+            raise InputError(f"{data}: the {cfg.data.train_split} split has {len(self.train_split)} tokens, fewer than "
                              f"model.seq_len + 1 = {need}; use more data or a shorter context")
         if len(self.val_split) < need:
             self.val_split = None
             if runtime.is_main:
-                print(f"note: the val split of {data} has fewer than {need} tokens; no validation loss")
+                print(f"note: the {cfg.data.val_split} split of {data} has fewer than {need} tokens; "
+                      "no validation loss")
         # the tokens' content (shard hashes), not the manifest file, whose timings change
         # when the same data is tokenized again
         manifest = read_json(data / "manifest.json")

@@ -7,6 +7,8 @@ from typing import Any
 from mlscale.config import option
 from mlscale.errors import ConfigError
 from mlscale.model.llama.config import LlamaConfig
+from mlscale.tokenize.split import SPLITS
+from mlscale.train.data import data_config_class, register_data_kind
 
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
 
@@ -85,6 +87,19 @@ class ParallelConfig:
 
 
 @dataclass
+class TokenDataConfig:
+    """`data` when data.kind = tokens: a token directory of `mlscale tokenize`."""
+
+    kind: str = option("tokens", "what --data holds (tokens: a token directory of `mlscale tokenize`)")
+    train_split: str = option("train", "split of the token directory to train on", choices=SPLITS)
+    val_split: str = option("val", "split to evaluate on (no validation when it is shorter than one "
+                            "window of model.seq_len + 1 tokens)", choices=SPLITS)
+
+
+register_data_kind("tokens", TokenDataConfig)
+
+
+@dataclass
 class PretrainConfig:
     """Everything `mlscale pretrain` is configured by; saved as RUN/config.json."""
 
@@ -93,6 +108,8 @@ class PretrainConfig:
     train: TrainConfig = option(default_factory=TrainConfig, help="optimisation")
     parallel: ParallelConfig = option(default_factory=ParallelConfig,
                                       help="data / tensor parallelism across torchrun ranks")
+    data: Any = option(default_factory=TokenDataConfig, help="the training data",
+                       select=("kind", data_config_class))
 
     def validate(self) -> None:
         self.model.validate()

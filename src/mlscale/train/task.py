@@ -50,6 +50,7 @@ class Task(ABC):
     unit: ClassVar[str] = "sample"
     needs_base: ClassVar[bool] = False  # fine-tuning: starts from a trained model (--base)
     run_marker: ClassVar[str | None] = None  # a file that marks a run this task loads itself
+    data_kinds: ClassVar[tuple[str, ...]] = ()  # the `data.kind`s it reads (train/data.py)
     out_dir: Path  # the run directory, set by the trainer before it builds the model
     eval_at_start: ClassVar[bool] = False  # evaluate before the first step too
 
@@ -62,6 +63,9 @@ class Task(ABC):
         return from_dict(cls.config_cls, settings)
 
     def __init__(self, cfg: Any, data: Path, runtime: Runtime, base: Path | None = None):
+        kind = getattr(getattr(cfg, "data", None), "kind", None)
+        if self.data_kinds and kind not in self.data_kinds:
+            raise ConfigError(f"data.kind={kind}: task {self.name} reads {' or '.join(self.data_kinds)}")
         self.cfg, self.data_path, self.runtime, self.base_path = cfg, Path(data), runtime, base
 
     # -- set-up ------------------------------------------------------------------------
