@@ -112,8 +112,9 @@ class PretrainConfig:
                        select=("kind", data_config_class))
 
     def validate(self) -> None:
-        self.model.validate()
-        self.train.validate()
+        for section in (self.model, self.train):
+            if hasattr(section, "validate"):  # a family's config may have nothing to check
+                section.validate()
 
 
 def preset_names() -> list[str]:
