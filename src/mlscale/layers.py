@@ -10,7 +10,8 @@ a file over `MAX_FILE_LINES` lines and on a function over `MAX_FUNCTION_LINES` l
 
     ground floor   mlscale itself, config, artifacts, errors, executors (local processes
                    and Ray, for every data stage), runtime (device, ranks), html (report
-                   building blocks), reference, layers, data (bundled data)
+                   building blocks), reference, layers, data (bundled data), registry
+                   (name -> implementation tables that configs select from)
     data, models   curate, images, tokenize, model
     trainer        train (the loop, its configs, checkpoints and the task interface)
     tasks          tasks (what is learnt from a batch: they fill in train's interface;
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground floor", ("", "config", "artifacts", "errors", "executors", "runtime", "html",
-                      "reference", "layers", "data")),
+                      "reference", "layers", "data", "registry")),
     ("data stages and models", ("curate", "images", "tokenize", "model")),
     ("trainer", ("train",)),
     ("tasks", ("tasks",)),

@@ -13,12 +13,10 @@ on first use, and a test (or a user's plugin) may `register_family` its own.
 """
 from __future__ import annotations
 
-import difflib
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from mlscale.errors import ConfigError
+from mlscale.registry import Registry
 
 if TYPE_CHECKING:  # torch stays unimported until a model is built: `mlscale --help` is fast
     from torch import nn
@@ -72,30 +70,22 @@ class ModelFamily:
     fuse_cpu: Callable[[nn.Module], int] | None = None
 
 
-_FAMILIES: dict[str, ModelFamily] = {}
+FAMILIES: Registry[ModelFamily] = Registry("model.family", "family", SHIPPED)
 
 
 def register_family(family: ModelFamily) -> ModelFamily:
     """Add (or replace) a family; returns it, so a module can keep a reference."""
-    _FAMILIES[family.name] = family
-    return family
+    return FAMILIES.register(family.name, family)
 
 
 def family_names() -> list[str]:
     """Every family that can be named in `model.family`."""
-    return sorted(set(_FAMILIES) | set(SHIPPED))
+    return FAMILIES.names()
 
 
 def get_family(name: str) -> ModelFamily:
     """The family registered as `name`; an unknown name is a config error with a hint."""
-    if name not in _FAMILIES and name in SHIPPED:
-        importlib.import_module(SHIPPED[name])
-    if name not in _FAMILIES:
-        close = difflib.get_close_matches(name, family_names(), n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"model.family: unknown family '{name}'{hint} "
-                          f"(available: {', '.join(family_names())})")
-    return _FAMILIES[name]
+    return FAMILIES.get(name)
 
 
 def family_of(model_cfg: Any) -> ModelFamily:

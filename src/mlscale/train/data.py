@@ -9,33 +9,23 @@ add one without the trainer importing it.
 """
 from __future__ import annotations
 
-import difflib
-import importlib
-
-from mlscale.errors import ConfigError
+from mlscale.registry import Registry
 
 # kinds that ship with mlscale: name -> module that registers it on import
 SHIPPED: dict[str, str] = {"tokens": "mlscale.train.config", "records": "mlscale.finetune.config"}
 
-_KINDS: dict[str, type] = {}
+DATA_KINDS: Registry[type] = Registry("data.kind", "kind of data", SHIPPED)
 
 
 def register_data_kind(name: str, config_cls: type) -> type:
     """Add (or replace) a kind of data and the dataclass of its `data` section."""
-    _KINDS[name] = config_cls
-    return config_cls
+    return DATA_KINDS.register(name, config_cls)
 
 
 def data_kinds() -> list[str]:
-    return sorted(set(_KINDS) | set(SHIPPED))
+    return DATA_KINDS.names()
 
 
 def data_config_class(kind: str) -> type:
     """The config dataclass of data kind `kind` (what `data.kind` selects)."""
-    if kind not in _KINDS and kind in SHIPPED:
-        importlib.import_module(SHIPPED[kind])
-    if kind not in _KINDS:
-        close = difflib.get_close_matches(kind, data_kinds(), n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"data.kind: unknown kind of data '{kind}'{hint} (available: {', '.join(data_kinds())})")
-    return _KINDS[kind]
+    return DATA_KINDS.get(kind)

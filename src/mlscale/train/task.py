@@ -16,8 +16,6 @@ SHIPPED), so the trainer runs them without importing any.
 """
 from __future__ import annotations
 
-import difflib
-import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +25,7 @@ from torch import Tensor, nn
 
 from mlscale.errors import ConfigError
 from mlscale.model.registry import ModelFamily, family_of
+from mlscale.registry import Registry
 from mlscale.runtime import Runtime
 
 # tasks that ship with mlscale: name -> module that registers it on import
@@ -143,19 +142,23 @@ class Task(ABC):
         raise TypeError(f"task {cls.name} has no run loader of its own")
 
 
-_TASKS: dict[str, type[Task]] = {}
+TASKS: Registry[type[Task]] = Registry("task", "task", SHIPPED)
 
 
 def register_task(cls: type[Task]) -> type[Task]:
     """Add a task class under `cls.name` (usable as a class decorator)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    _TASKS[cls.name] = cls
-    return cls
+    return TASKS.register(cls.name, cls)
 
 
 def task_names() -> list[str]:
-    return sorted(set(_TASKS) | set(SHIPPED))
+    return TASKS.names()
+
+
+def get_task(name: str) -> type[Task]:
+    """The task class registered as `name`; unknown names are config errors with a hint."""
+    return TASKS.get(name)
 
 
 def task_owning_run(run_dir: Path) -> type[Task] | None:
@@ -165,14 +168,3 @@ def task_owning_run(run_dir: Path) -> type[Task] | None:
         if cls.run_marker and (Path(run_dir) / cls.run_marker).is_file():
             return cls
     return None
-
-
-def get_task(name: str) -> type[Task]:
-    """The task class registered as `name`; unknown names are config errors with a hint."""
-    if name not in _TASKS and name in SHIPPED:
-        importlib.import_module(SHIPPED[name])
-    if name not in _TASKS:
-        close = difflib.get_close_matches(name, task_names(), n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"task: unknown task '{name}'{hint} (available: {', '.join(task_names())})")
-    return _TASKS[name]
