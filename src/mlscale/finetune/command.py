@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="FT", help="output directory")
     parser.add_argument("--method", choices=METHODS, help="full | lora | qlora (default lora)")
     parser.add_argument("--objective", choices=OBJECTIVES, help="sft | dpo (default sft)")
-    add_run_arguments(parser, "fine-tuning run")
+    add_run_arguments(parser, "fine-tuning run", presets=False)
     # fine-tuning's own defaults replace pretraining's in the table
     parser.epilog = settings_table(FinetuneConfig, FINETUNE_DEFAULTS)
 
@@ -51,6 +51,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.nproc > 1:
         return relaunch(args.nproc, passthrough_argv(
             args, ["finetune", str(args.base), "--data", str(args.data), "--out", str(args.out)],
-            ("--method", "--objective", "--config", "--preset", "--resume", "--force"), overrides))
+            ("--method", "--objective", "--config", "--resume", "--force"), overrides))
     cfg = from_dict(FinetuneConfig, {**raw, **flags})
     return run_and_report(lambda: finetune(cfg, args.base, args.data, args.out, force=args.force))

@@ -15,13 +15,14 @@ from mlscale.errors import ConfigError
 from mlscale.runtime.dist import destroy_distributed, launched_by_torchrun
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, noun: str) -> None:
-    """--config, --preset, --resume, --force and --nproc, as every training command has them."""
+def add_run_arguments(parser: argparse.ArgumentParser, noun: str, presets: bool = True) -> None:
+    """--config, --preset, --resume, --force and --nproc, as the training commands have them."""
     from mlscale.train.config import preset_names
 
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
-    parser.add_argument("--preset", metavar="NAME",
-                        help=f"start from a shipped preset ({', '.join(preset_names())}) or a TOML file")
+    if presets:
+        parser.add_argument("--preset", metavar="NAME",
+                            help=f"start from a shipped preset ({', '.join(preset_names())}) or a TOML file")
     parser.add_argument("--resume", action="store_true",
                         help=f"continue the {noun} in the output directory from its latest checkpoint")
     parser.add_argument("--force", action="store_true", help="delete the output directory first and start over")

@@ -189,8 +189,13 @@ class Tracker:
         if self._tb is not None:
             self._tb.close()
         if self._wandb_run is not None:
+            import wandb
+
             where = self.wandb_dir
             self._wandb_run.finish(exit_code=1 if failed else 0)
+            # finish() can return before W&B's service process has written the last records
+            # to the offline file; tearing the service down waits for it
+            wandb.teardown()
             print(f"wandb: offline run in {where}; upload with `wandb sync {where}`", flush=True)
 
     def __enter__(self) -> "Tracker":
