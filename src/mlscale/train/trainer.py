@@ -139,16 +139,16 @@ def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, grad_norm: 
 
 
 def wrap_model(model: nn.Module, task: Task) -> nn.Module:
-    """What the loop calls: fused CPU kernels (fp32 eager on CPU), then tensor parallel ->
-    activation checkpointing -> compile -> DDP/FSDP (train/parallel.py), all from outside
-    the model file."""
+    """What the loop calls: the family's fused modules, then tensor parallel -> activation
+    checkpointing -> compile -> DDP/FSDP (train/parallel.py), all from outside the model
+    file. The fused modules choose per call (fused CPU kernels in fp32 eager on CPU,
+    concatenated projections elsewhere, the model's own code for LoRA, quantised or
+    tensor-parallel layers), so they are swapped in on every device."""
     from mlscale.train.parallel import parallelize
 
     cfg, runtime = task.cfg, task.runtime
-    fuse = getattr(task.family, "fuse_cpu", None)
-    if (fuse is not None and runtime.device.type == "cpu" and runtime.dtype == torch.float32
-            and not cfg.train.compile):
-        fuse(model)
+    if task.family.fuse_cpu is not None:
+        task.family.fuse_cpu(model)
     param_dtype = runtime.dtype if runtime.dtype != torch.float32 else None
     return parallelize(model, task.family, cfg.parallel, runtime.env,
                        checkpointing=cfg.train.activation_checkpointing,
