@@ -27,7 +27,7 @@ import xxhash
 
 from mlscale import __version__
 from mlscale.config import diff
-from mlscale.errors import ArtifactError
+from mlscale.errors import ArtifactError, MlscaleError, check_out_dir, read_text
 
 MANIFEST = "manifest.json"
 STAGE = "stage.json"
@@ -99,13 +99,16 @@ class atomic_path:
             self.tmp.unlink()
 
 
-def read_json(path: str | Path) -> Any:
-    """Read JSON; a corrupt file is named with what to do."""
+def read_json(path: str | Path, what: str = "file", hint: str = "rerun the stage that made it",
+              error: type[MlscaleError] = ArtifactError) -> Any:
+    """Read JSON; a missing, empty, non-text or corrupt file is `error` naming the file,
+    with `hint` saying what to do."""
     path = Path(path)
+    text = read_text(path, what, hint, error=error)
     try:
-        return json.loads(path.read_text("utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path} is corrupt ({e}); delete it and rerun the stage") from None
+        raise error(f"{path} is corrupt ({e}); {hint}") from None
 
 
 # -------------------------------------------------------------------------- fingerprints
@@ -188,13 +191,17 @@ class StageDir:
         Fails if the directory holds another stage, another config or other inputs, unless
         `force`, which deletes it and starts over.
         """
-        path = Path(path)
+        path = check_out_dir(path)  # a file there is refused, --force or not
         sd = cls(path=path, stage=stage, config=config, inputs=dict(inputs or {}))
         rec = path / STAGE
         if force and path.exists():
             shutil.rmtree(path)
         if rec.exists():
-            old = read_json(rec)
+            old = read_json(rec, f"mlscale {stage} record",
+                            "use --force to start over there, or choose another --out")
+            if not isinstance(old, dict):
+                raise ArtifactError(f"{rec} is corrupt (not a JSON object); use --force to start "
+                                    "over there, or choose another --out")
             problems = []
             if old.get("stage") != stage:
                 problems.append(f"it holds the output of '{old.get('stage')}', not '{stage}'")

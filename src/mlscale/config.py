@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from mlscale.errors import ConfigError
+from mlscale.errors import ConfigError, read_text
 
 T = TypeVar("T")
 _MISSING = dataclasses.MISSING
@@ -283,14 +283,13 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a syntax error names the file and line."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a TOML file; a missing, empty or non-text file, or a syntax error (with its
+    line), is a ConfigError naming the file."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    text = read_text(p, what, error=ConfigError)
     try:
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
 
@@ -300,14 +299,13 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
     base: dict[str, Any] | None = None,
+    what: str = "config file",
 ) -> T:
-    """Defaults <- `base` (e.g. a preset) <- TOML file at `path` <- `overrides`."""
+    """Defaults <- `base` (e.g. a preset) <- TOML file at `path` <- `overrides`; `what`
+    names the file in messages."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        try:
-            data = merge(data, read_toml(path))
-        except ConfigError:
-            raise
+        data = merge(data, read_toml(path, what))
     if overrides:
         ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         data = merge(data, ov)

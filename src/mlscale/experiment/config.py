@@ -170,10 +170,9 @@ def load_experiment(path: str | Path | None, overrides: list[str] | dict[str, An
     any stage starts, naming the file, table and key.
     """
     file = Path(path) if path is not None else bundled_experiment()
-    if not file.is_file():
-        raise ConfigError(f"experiment file not found: {file}")
     # the finetune table starts from fine-tuning's own defaults, as `mlscale finetune` does
-    cfg = load_config(ExperimentConfig, file, overrides, base={"finetune": FINETUNE_DEFAULTS})
+    cfg = load_config(ExperimentConfig, file, overrides, base={"finetune": FINETUNE_DEFAULTS},
+                      what="experiment file")
     base = file.resolve().parent
     if cfg.finetune.enabled:
         data = Path(cfg.finetune.data_file).expanduser()

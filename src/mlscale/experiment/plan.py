@@ -57,7 +57,10 @@ class RunState:
 
     def __init__(self, out: Path):
         self.path = Path(out) / STATE_FILE
-        self.data: dict[str, Any] = read_json(self.path) if self.path.exists() else {"stages": {}}
+        self.data: dict[str, Any] = {"stages": {}}
+        if self.path.exists():
+            self.data = read_json(self.path, "run state",
+                                  "choose another --out, or delete the file to plan the run afresh")
 
     def record(self, stage: str) -> dict[str, Any]:
         return self.data["stages"].get(stage, {})

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from mlscale.artifacts import StageDir, fingerprint_paths
 from mlscale.config import to_dict
-from mlscale.errors import ArtifactError, ConfigError
+from mlscale.errors import ArtifactError, ConfigError, check_out_dir
 from mlscale.experiment.config import ExperimentConfig, experiment_defaults, resolve_inputs
 from mlscale.experiment.plan import STAGES, Decision, RunState, StageSpec, decide, output_fingerprint
 
@@ -199,7 +199,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, from_stage: str | Non
     `from_stage` forces that stage and those after it; `dry_run` only plans. `base` is the
     folder relative input paths are taken from, `source` the experiment's name in messages.
     """
-    out = Path(out)
+    out = check_out_dir(out)
     exp = _Experiment(cfg, out, Path(base), source)
     if from_stage is not None and from_stage not in exp.stages:
         raise ConfigError(f"--from {from_stage}: not a stage of this experiment "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlscale.errors import ConfigError, InputError
+from mlscale.errors import ConfigError, check_dir
 
 FORMATS = ("hf",)
 
@@ -58,9 +58,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise ConfigError(f"mlscale export takes no config overrides, got {' '.join(overrides)}")
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        raise InputError(f"run directory not found: {run_dir}")
+    run_dir = check_dir(args.run, "run directory", "give the --out directory of `mlscale pretrain` "
+                        "or `mlscale finetune`")
     loaded = _load(run_dir, args.step, args.merge)
     tokenizer_file = loaded.run_dir / "tokenizer.json"
     if not tokenizer_file.is_file():

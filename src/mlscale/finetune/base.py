@@ -54,9 +54,10 @@ def is_hf_dir(d: Path) -> bool:
     if not cfg.is_file():
         return False
     try:
-        return "model_type" in json.loads(cfg.read_text("utf-8"))
-    except json.JSONDecodeError:
+        cfg_json = json.loads(cfg.read_text("utf-8"))
+    except ValueError:  # not JSON, or not UTF-8 text: not a Hugging Face directory
         return False
+    return isinstance(cfg_json, dict) and "model_type" in cfg_json
 
 
 def load_base(path: str | Path, step: int | None = None) -> Base:
@@ -66,7 +67,8 @@ def load_base(path: str | Path, step: int | None = None) -> Base:
 
     path = Path(path)
     if not path.is_dir():
-        raise InputError(f"base model not found: {path} (give a `mlscale pretrain` run directory "
+        problem = "is a file, not a directory" if path.exists() else "not found"
+        raise InputError(f"base model {problem}: {path} (give a `mlscale pretrain` run directory "
                          "or a Hugging Face Llama directory)")
     if (path / RUN_INFO).exists():
         raise InputError(f"{path} is a fine-tuned run; fine-tune its base instead, or export it "

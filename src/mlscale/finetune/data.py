@@ -53,11 +53,18 @@ class PreferencePair:
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for each non-blank line; bad JSON names the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory: --data takes a JSONL file (one JSON object a line)")
     if not path.is_file():
         raise InputError(f"data file not found: {path}")
     n = 0
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{line_no}: not UTF-8 text ({e.reason} at byte {e.start} of "
+                                 "the line); --data takes a JSONL file (one JSON object a line)") from None
             if not line.strip():
                 continue
             try:

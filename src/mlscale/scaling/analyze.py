@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mlscale.artifacts import atomic_write_json
-from mlscale.errors import InputError
+from mlscale.errors import InputError, check_out_dir
 from mlscale.scaling.bootstrap import Bootstrap, bootstrap_isoflop, bootstrap_law
 from mlscale.scaling.fit import DEFAULT_STARTS, IsoFlopFit, fit_isoflop, fit_law
 from mlscale.scaling.laws import LAWS
@@ -31,6 +31,8 @@ def fit_table(table: RunTable, *, law: str = "chinchilla", bootstrap: int = 0, s
     """Fit `law` to the runs (approach 3, Kaplan, or approach 2 'isoflop'); returns the fit.json body."""
     if law not in FIT_CHOICES:
         raise InputError(f"--law {law!r} is not one of {', '.join(FIT_CHOICES)}")
+    if out is not None:
+        check_out_dir(out)  # before the fit, which may take minutes with a bootstrap
     started = time.time()
     fit = boot = None
     profiles: IsoFlopFit | None = None

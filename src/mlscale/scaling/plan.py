@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mlscale.errors import InputError
+from mlscale.errors import InputError, read_text
 from mlscale.scaling.bootstrap import percentile_interval
 from mlscale.scaling.laws import EPOCH_CITATION, EPOCH_REFIT, EPOCH_REFIT_SE, LAWS
 
@@ -29,10 +29,9 @@ def default_fit() -> dict[str, Any]:
 def load_fit(path: str | Path) -> dict[str, Any]:
     """Read a fit.json written by `mlscale scaling fit --out`, checking it names a known law."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"fit file not found: {path}; write one with `mlscale scaling fit ... --out DIR`")
+    text = read_text(path, "fit file", "write one with `mlscale scaling fit ... --out DIR`")
     try:
-        fit = json.loads(path.read_text("utf-8"))
+        fit = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON ({e}); rerun `mlscale scaling fit --out`") from None
     law = fit.get("law") if isinstance(fit, dict) else None

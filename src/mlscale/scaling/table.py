@@ -8,6 +8,7 @@ column, D = C / (6 N) (training FLOPs C = 6 N D).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mlscale.errors import InputError
+from mlscale.errors import InputError, read_text
 
 # candidates tried in order when a column option is not given
 N_COLUMNS = ("Model Size", "N")
@@ -78,32 +79,38 @@ def read_table(path: str | Path, *, n_column: str | None = None, c_column: str |
                d_column: str | None = None, loss_column: str = "loss") -> RunTable:
     """Read runs from a CSV; every value must be a positive number (errors name line and column)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"run table not found: {path}")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        if not columns:
-            raise InputError(f"{path} is empty; expected a CSV with a header row")
-        n_col = _pick(columns, n_column, N_COLUMNS, "parameter count", path, True, "--n-column")
-        loss_col = _pick(columns, loss_column, (), "loss", path, True, "--loss-column")
-        c_col = _pick(columns, c_column, C_COLUMNS, "compute", path, False, "--c-column")
-        d_col = _pick(columns, d_column, D_COLUMNS, "token count", path, False, "--d-column")
-        if c_col is None and d_col is None:
-            raise InputError(f"{path}: needs a compute column (--c-column) or a token column "
-                             f"(--d-column); columns: {', '.join(columns)}")
-        wanted = [c for c in (n_col, c_col, d_col, loss_col) if c is not None]
-        values: dict[str, list[float]] = {c: [] for c in wanted}
-        for line, row in enumerate(reader, start=2):
-            for c in wanted:
-                raw = (row.get(c) or "").strip()
-                try:
-                    v = float(raw)
-                except ValueError:
-                    raise InputError(f"{path}:{line}: column '{c}' is {raw!r}, not a number") from None
-                if not (math.isfinite(v) and v > 0):
-                    raise InputError(f"{path}:{line}: column '{c}' is {raw!r}; it must be a positive number")
-                values[c].append(v)
+    text = read_text(path, "run table", "expected a CSV of runs with a header row")
+    try:
+        return _parse_table(path, text, n_column, c_column, d_column, loss_column)
+    except csv.Error as e:
+        raise InputError(f"{path}: not a readable CSV ({e})") from None
+
+
+def _parse_table(path: Path, text: str, n_column: str | None, c_column: str | None,
+                 d_column: str | None, loss_column: str) -> RunTable:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = list(reader.fieldnames or [])
+    if not columns:
+        raise InputError(f"{path} is empty; expected a CSV with a header row")
+    n_col = _pick(columns, n_column, N_COLUMNS, "parameter count", path, True, "--n-column")
+    loss_col = _pick(columns, loss_column, (), "loss", path, True, "--loss-column")
+    c_col = _pick(columns, c_column, C_COLUMNS, "compute", path, False, "--c-column")
+    d_col = _pick(columns, d_column, D_COLUMNS, "token count", path, False, "--d-column")
+    if c_col is None and d_col is None:
+        raise InputError(f"{path}: needs a compute column (--c-column) or a token column "
+                         f"(--d-column); columns: {', '.join(columns)}")
+    wanted = [c for c in (n_col, c_col, d_col, loss_col) if c is not None]
+    values: dict[str, list[float]] = {c: [] for c in wanted}
+    for line, row in enumerate(reader, start=2):
+        for c in wanted:
+            raw = (row.get(c) or "").strip()
+            try:
+                v = float(raw)
+            except ValueError:
+                raise InputError(f"{path}:{line}: column '{c}' is {raw!r}, not a number") from None
+            if not (math.isfinite(v) and v > 0):
+                raise InputError(f"{path}:{line}: column '{c}' is {raw!r}; it must be a positive number")
+            values[c].append(v)
     if len(values[loss_col]) < 3:
         raise InputError(f"{path}: {len(values[loss_col])} runs; a fit needs at least 3")
     N = np.array(values[n_col])

@@ -87,7 +87,9 @@ class TokenData:
             what = "is unfinished (no manifest.json)" if (self.path / "stage.json").exists() else \
                 "is not a `mlscale tokenize` output (no manifest.json)"
             raise ArtifactError(f"{self.path} {what}; run `mlscale tokenize ... --out {self.path}`")
-        self.manifest: dict[str, Any] = read_json(mpath)
+        manifest = read_json(mpath, "tokenize manifest",
+                             f"run `mlscale tokenize ... --out {self.path} --force` again")
+        self.manifest: dict[str, Any] = manifest if isinstance(manifest, dict) else {}
         if self.manifest.get("stage") != "tokenize" or "splits" not in self.manifest:
             raise ArtifactError(f"{mpath} is not the manifest of a `mlscale tokenize` output")
         self.dtype = np.dtype(self.manifest["dtype"])

@@ -28,7 +28,7 @@ from torch import nn
 
 from mlscale.artifacts import atomic_write_json, fingerprint_file, read_json
 from mlscale.config import diff, from_dict, to_dict
-from mlscale.errors import ArtifactError, InputError
+from mlscale.errors import ArtifactError, InputError, check_dir
 
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
@@ -38,6 +38,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 PREFIX = "step-"
+RUN_DAMAGED = "the run directory is damaged: train it again, or restore the file"
 
 
 def checkpoint_name(step: int) -> str:
@@ -130,13 +131,16 @@ def save_state(model_state: dict[str, torch.Tensor], model: nn.Module, path: Pat
 
 def load_weights(model: nn.Module, path: Path, device: torch.device | str = "cpu") -> None:
     """Load safetensors weights into `model`, naming any tensor whose shape differs."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
 
     model = unwrap_model(model)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    with safe_open(str(path), framework="pt") as f:
-        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:  # truncated, overwritten or missing
+        raise ArtifactError(f"{path} is not a readable safetensors file ({e}); {RUN_DAMAGED}") from None
     bad = [f"{k}: checkpoint {found[k]} vs model {expected[k]}"
            for k in found if k in expected and found[k] != expected[k]]
     unknown = [k for k in found if k not in expected]
@@ -305,12 +309,12 @@ def read_run_config(run_dir: Path):
     """RUN/config.json as a PretrainConfig."""
     from mlscale.train.config import PretrainConfig
 
-    run_dir = Path(run_dir)
+    run_dir = check_dir(run_dir, "run directory", "give the --out directory of `mlscale pretrain`")
     cfg_path = run_dir / CONFIG
     if not cfg_path.exists():
         raise InputError(f"{run_dir} is not a mlscale run: {CONFIG} is missing "
                          "(give the --out directory of `mlscale pretrain`)")
-    return from_dict(PretrainConfig, read_json(cfg_path))
+    return from_dict(PretrainConfig, read_json(cfg_path, "run config", RUN_DAMAGED, InputError))
 
 
 def load_run(run_dir: Path, step: int | None = None, device: torch.device | str = "cpu") -> LoadedRun:
