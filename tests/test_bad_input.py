@@ -289,18 +289,8 @@ def kinds(arg: Arg) -> tuple[str, ...]:
 
 # known failures, each with where the fix goes; strict, so a fix makes its entry fail until
 # it is removed here
-KNOWN = {
-    f"{command}:--out:existing-file+force": "train/trainer.py open_run deletes --out before StageDir.open "
-    "checks it: shutil.rmtree on a file raises NotADirectoryError; call "
-    "mlscale.errors.check_out_dir(out_dir) first"
-    for command in ("pretrain", "finetune", "train")
-}
-
-
 def _case(arg: Arg, kind: str):
-    case_id = f"{arg.command}:{arg.name}:{kind}".replace(" ", "-")
-    marks = [pytest.mark.xfail(strict=True, reason=KNOWN[case_id])] if case_id in KNOWN else []
-    return pytest.param(arg, kind, id=case_id, marks=marks)
+    return pytest.param(arg, kind, id=f"{arg.command}:{arg.name}:{kind}".replace(" ", "-"))
 
 
 CASES = [_case(arg, kind) for arg in ARGS for kind in kinds(arg)]

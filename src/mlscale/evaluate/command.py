@@ -60,6 +60,7 @@ def evaluate_run(run_dir: Path, data: Path | None = None, split: str = "val", st
         if fingerprint_file(data / TOKENIZER) != fingerprint_file(Path(run_dir) / TOKENIZER):
             raise ArtifactError(f"{data} was made with another tokenizer than {run_dir}; "
                                 "evaluate on a token directory of the run's tokenizer, or on a text file")
+        tokens_dir.check_ids(split, loaded.config.model.vocab_size)
         tokens = tokens_dir.split(split)
         bpt = float(tokens_dir.bytes_per_token(split))
         source = {"data": str(data), "split": split}

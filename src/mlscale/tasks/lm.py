@@ -72,6 +72,8 @@ class LanguageModeling(Task):
         self.tokenizer_path = data / TOKENIZER
         tokenizer = load_tokenizer(self.tokenizer_path)
         super().__init__(fill_vocab(cfg, tokenizer.vocab_size), data, runtime, base)
+        for split in {cfg.data.train_split, cfg.data.val_split}:
+            self.tokens.check_ids(split, self.cfg.model.vocab_size)
         self.train_split = self.tokens.split(cfg.data.train_split)
         self.val_split = self.tokens.split(cfg.data.val_split)
         need = self.cfg.model.seq_len + 1

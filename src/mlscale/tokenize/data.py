@@ -138,6 +138,17 @@ class TokenData:
         return float("nan") if v is None else float(v)
 
     # -- data ----------------------------------------------------------------------------
+    def check_ids(self, name: str, vocab_size: int) -> None:
+        """Refuse split `name` if a shard holds a token id outside 0..vocab_size-1 (a shard
+        damaged after tokenizing, or made with another tokenizer), naming the shard."""
+        for sh in self._split_info(name)["shards"]:
+            tokens = read_shard(self.path / sh["file"], self.dtype)
+            top = int(tokens.max()) if len(tokens) else -1
+            if top >= vocab_size:
+                raise ArtifactError(f"{self.path / sh['file']} holds token id {top}, outside the "
+                                    f"vocabulary of {vocab_size}: the shard is damaged or not of this "
+                                    "tokenizer; rerun `mlscale tokenize --force`")
+
     def split(self, name: str) -> np.ndarray | ShardedArray:
         """All tokens of split `name` as one read-only 1-D array (memory-mapped, no copy)."""
         if name not in self._arrays:

@@ -133,9 +133,9 @@ def load_preset(name: str) -> dict:
 
     from mlscale.config import read_toml
 
-    if name.endswith(".toml") and Path(name).is_file():
-        return read_toml(name)
     resource = files("mlscale").joinpath("presets").joinpath(f"{name.removesuffix('.toml')}.toml")
+    if Path(name).exists() or "/" in name or (name.endswith(".toml") and not resource.is_file()):
+        return read_toml(name)  # a file of the user's: a missing or unreadable one is named
     if not resource.is_file():
         names = preset_names()
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)

@@ -32,7 +32,7 @@ from torch import nn
 
 from mlscale.artifacts import StageDir, atomic_write_json, read_json
 from mlscale.config import resumable_keys, to_dict, without_keys
-from mlscale.errors import ArtifactError, ConfigError, MlscaleError
+from mlscale.errors import ArtifactError, ConfigError, MlscaleError, check_out_dir
 from mlscale.runtime import Runtime
 from mlscale.runtime.device import device_name, peak_flops
 from mlscale.runtime.dist import barrier, mean_over_dp
@@ -190,6 +190,7 @@ def open_run(task: Task, out_dir: Path, resume: bool, force: bool) -> tuple[Stag
     train.max_steps."""
     runtime = task.runtime
     identity, inputs = identity_config(task.cfg), task.inputs()
+    check_out_dir(out_dir)  # a file there is refused, never deleted (not even with --force)
     if force and out_dir.exists() and runtime.is_main:
         shutil.rmtree(out_dir)
     barrier(runtime.env)
