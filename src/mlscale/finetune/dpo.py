@@ -156,15 +156,17 @@ class PreferenceTuning(FinetuneTask):
         ref_fp = fingerprint_obj({"inputs": self.inputs(), "template": to_dict(cfg.template),
                                   "seq_len": data.seq_len, "method": cfg.method})
 
-        def refs(rows: PreferenceRows) -> tuple[torch.Tensor, torch.Tensor]:
-            with disable_adapters(model):
-                return reference_logps(model, rows, cfg.train.batch_size, runtime.device, runtime.dtype)
+        def refs(key: str, rows: PreferenceRows) -> tuple[torch.Tensor, torch.Tensor]:
+            def compute() -> tuple[torch.Tensor, torch.Tensor]:
+                with disable_adapters(model):
+                    return reference_logps(model, rows, cfg.train.batch_size, runtime.device, runtime.dtype)
 
-        cache = self.out_dir / REF_CACHE
-        # every rank computes the same values; only rank 0 writes the cache
-        compute = load_or_compute_ref if runtime.is_main else (lambda path, key, fp, fn: fn())
-        self.ref_train = compute(cache, "train", ref_fp, lambda: refs(data.train))
-        self.ref_val = compute(cache, "val", ref_fp, lambda: refs(data.val)) if data.val is not None else None
+            if not runtime.is_main:  # every rank computes the same values; rank 0 keeps the cache
+                return compute()
+            return load_or_compute_ref(self.out_dir / REF_CACHE, key, ref_fp, compute)
+
+        self.ref_train = refs("train", data.train)
+        self.ref_val = refs("val", data.val) if data.val is not None else None
         return model
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
