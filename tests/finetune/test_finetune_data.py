@@ -8,7 +8,7 @@ import torch
 from mlscale.config import from_dict
 from mlscale.errors import ConfigError, InputError
 from mlscale.finetune.config import FinetuneConfig, TemplateConfig
-from mlscale.finetune.data import (IGNORE, Example, TemplateRenderer, epoch_order, pack_examples,
+from mlscale.finetune.data import (IGNORE, Example, TemplateRenderer, pack_examples,
                                    read_examples, read_preferences, split_holdout, tokenize_preferences)
 from mlscale.tokenize import load_tokenizer
 
@@ -208,10 +208,3 @@ def test_holdout_is_deterministic_disjoint_and_keeps_a_task_together(seed_tasks)
     assert len(train) + len(val) == len(examples) and 0.03 < len(val) / len(examples) < 0.2
     task = lambda e: e.source.split("#")[0]  # noqa: E731
     assert not {task(e) for e in train} & {task(e) for e in val}
-
-
-def test_epoch_order_visits_every_row_once_per_epoch_and_depends_only_on_seed_and_step():
-    seen = np.concatenate([epoch_order(10, 4, seed=7, step=s) for s in range(5)])  # 20 = 2 epochs
-    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
-    assert np.array_equal(epoch_order(10, 4, 7, 3), epoch_order(10, 4, 7, 3))
-    assert not np.array_equal(epoch_order(10, 4, 7, 0), epoch_order(10, 4, 8, 0))

@@ -428,18 +428,3 @@ def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
     if not train:
         train.append(val.pop())
     return train, val
-
-
-def epoch_order(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """Row indices of optimizer step `step`'s micro-batch, walking seeded epoch permutations.
-
-    A pure function of (seed, step): a resumed run draws exactly the rows it would have.
-    """
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        take = min(batch_size - len(out), n - offset)
-        out.extend(perm[offset: offset + take].tolist())
-    return np.asarray(out, dtype=np.int64)

@@ -26,13 +26,14 @@ from mlscale.config import from_dict, merge, to_dict
 from mlscale.errors import ConfigError, InputError
 from mlscale.finetune.base import Base, load_base
 from mlscale.finetune.config import FINETUNE_DEFAULTS, RUN_INFO, FinetuneConfig
-from mlscale.finetune.data import (PackedRows, PreferenceRows, TemplateRenderer, epoch_order,
+from mlscale.finetune.data import (PackedRows, PreferenceRows, TemplateRenderer,
                                    pack_examples, read_examples, read_preferences, split_holdout,
                                    tokenize_preferences)
 from mlscale.model.lora import apply_lora, save_adapter
 from mlscale.model.quant import quantize_linears
 from mlscale.runtime import Runtime
 from mlscale.train.checkpoint import TOKENIZER
+from mlscale.train.sampling import epoch_order
 from mlscale.train.task import Task
 
 ADAPTER_DIR = "adapter"
