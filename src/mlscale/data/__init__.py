@@ -16,3 +16,8 @@ def bundled_corpus() -> list[Path]:
     if not files:  # pragma: no cover - only in a broken installation
         raise FileNotFoundError(f"the bundled sample corpus is missing from {DATA_DIR}")
     return files
+
+
+def fashion_mnist_sample() -> Path:
+    """The bundled Fashion-MNIST subset: a folder of IDX files (3,000 train, 1,000 test)."""
+    return DATA_DIR / "fashion-mnist"
