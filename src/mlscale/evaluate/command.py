@@ -4,6 +4,10 @@ With no --data: the validation split of the token directory the run was trained 
 --data TOK: the validation split (or --split) of another token directory made with the
 same tokenizer. --data FILE: a plain UTF-8 text file, encoded with the run's tokenizer.
 Every token is scored once, in non-overlapping windows of the model's context length.
+
+A run of an image classifier (`mlscale train --task classify`) prints top-1, top-5 and
+per-class accuracy and the confusion matrix on the val split (or --split) of the image
+directory it was trained on, or of --data DIR.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN", help="run directory of `mlscale pretrain`")
     parser.add_argument("--data", type=Path, metavar="TOK_OR_TEXT",
-                        help="token directory or text file (default: the run's own validation split)")
+                        help="token directory or text file, or image directory for a classifier "
+                        "(default: the run's own validation split)")
     parser.add_argument("--split", default="val", choices=("train", "val"),
                         help="split of a token directory (default: val)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
@@ -46,6 +51,12 @@ def evaluate_run(run_dir: Path, data: Path | None = None, split: str = "val", st
     from mlscale.runtime.device import resolve_device
     from mlscale.tasks.lm import open_token_data
 
+    from mlscale.train.task import task_owning_run
+
+    owner = task_owning_run(run_dir)
+    own = owner.evaluate_run(run_dir, data, split, step, device) if owner is not None else None
+    if own is not None:  # e.g. a classifier: accuracy, not a language model's loss
+        return own
     dev = resolve_device(device)
     loaded = load_run(run_dir, step=step, device=dev)
     seq_len = loaded.config.model.seq_len

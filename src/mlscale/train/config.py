@@ -100,6 +100,18 @@ register_data_kind("tokens", TokenDataConfig)
 
 
 @dataclass
+class ImageDataConfig:
+    """`data` when data.kind = images: an image directory of `mlscale images`."""
+
+    kind: str = option("images", "what --data holds (images: an image directory of `mlscale images`)")
+    train_split: str = option("train", "split to train on", choices=SPLITS)
+    val_split: str = option("val", "split to evaluate on (none when it is empty)", choices=SPLITS)
+
+
+register_data_kind("images", ImageDataConfig)
+
+
+@dataclass
 class PretrainConfig:
     """Everything `mlscale pretrain` is configured by; saved as RUN/config.json."""
 

@@ -1,6 +1,7 @@
 """Kinds of training data: `data.kind` names one, and with it the dataclass of `data`.
 
     tokens    a token directory of `mlscale tokenize` (the lm task)
+    images    an image directory of `mlscale images` (classify)
     records   a JSONL file of instructions, chats or preference pairs (sft, dpo)
 
 A task lists the kinds it reads (`Task.data_kinds`). Kinds register with their config
@@ -12,7 +13,8 @@ from __future__ import annotations
 from mlscale.registry import Registry
 
 # kinds that ship with mlscale: name -> module that registers it on import
-SHIPPED: dict[str, str] = {"tokens": "mlscale.train.config", "records": "mlscale.finetune.config"}
+SHIPPED: dict[str, str] = {"tokens": "mlscale.train.config", "images": "mlscale.train.config",
+                           "records": "mlscale.finetune.config"}
 
 DATA_KINDS: Registry[type] = Registry("data.kind", "kind of data", SHIPPED)
 

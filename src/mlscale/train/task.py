@@ -29,8 +29,8 @@ from mlscale.registry import Registry
 from mlscale.runtime import Runtime
 
 # tasks that ship with mlscale: name -> module that registers it on import
-SHIPPED: dict[str, str] = {"lm": "mlscale.tasks.lm", "sft": "mlscale.finetune.sft",
-                           "dpo": "mlscale.finetune.dpo"}
+SHIPPED: dict[str, str] = {"lm": "mlscale.tasks.lm", "classify": "mlscale.tasks.classify",
+                           "sft": "mlscale.finetune.sft", "dpo": "mlscale.finetune.dpo"}
 
 
 class Task(ABC):
@@ -134,6 +134,13 @@ class Task(ABC):
     def finish(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """After the last step: write the task's outputs; returns extra summary entries."""
         return {}
+
+    @classmethod
+    def evaluate_run(cls, run_dir: Path, data: Path | None = None, split: str = "val",
+                     step: int | None = None, device: Any = "cpu") -> dict[str, Any] | None:
+        """`mlscale evaluate RUN` for a run of this task (a task with a `run_marker`);
+        None: evaluate it as a language model (the loaded run's loss and perplexity)."""
+        return None
 
     @classmethod
     def load_run(cls, run_dir: Path, step: int | None = None, device: Any = "cpu") -> Any:
