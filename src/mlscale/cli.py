@@ -19,6 +19,7 @@ from mlscale.errors import MlscaleError
 COMMANDS: list[tuple[str, str, str]] = [
     ("curate", "mlscale.curate.command", "raw web data -> clean, deduplicated documents"),
     ("tokenize", "mlscale.tokenize.command", "documents -> tokenizer and token shards"),
+    ("images", "mlscale.images.command", "image files, IDX, tars, Parquet -> image shards"),
     ("pretrain", "mlscale.train.command", "token shards -> trained LLaMA-style model"),
     ("finetune", "mlscale.finetune.command", "instruction (SFT) or preference (DPO) tuning, LoRA/QLoRA"),
     ("train", "mlscale.train.train_command", "any task on any model family (--task lm|sft|dpo|...)"),

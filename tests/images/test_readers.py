@@ -1,0 +1,95 @@
+"""Every input kind reads into the same output: labels, classes, captions, splits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlscale.images import ImageData, ImagesConfig, build_images
+
+
+def _cfg(**dedup):
+    cfg = ImagesConfig()
+    cfg.workers = 1
+    for k, v in dedup.items():
+        setattr(cfg.dedup, k, v)
+    return cfg
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_keeps_its_split_pixels_and_digit_classes(idx_dir, tmp_path, gz):
+    root, (tr_x, tr_y, te_x, te_y) = idx_dir(gz=gz)
+    m = build_images([root], tmp_path / "out", _cfg(exact=False, near_radius=-1), progress=False)
+    data = ImageData(tmp_path / "out")
+    assert data.classes == [str(i) for i in range(10)] and data.shape == (7, 6, 1)
+    train, val = data.split("train"), data.split("val")
+    assert len(train) == 12 and len(val) == 5 and m["counts"] == {"read": 17, "kept": 17, "removed": {}}
+    np.testing.assert_array_equal(train.images[np.arange(12)][..., 0], tr_x)
+    np.testing.assert_array_equal(val.labels, te_y.astype(np.int64))
+    assert val.meta().column("id")[0].as_py().startswith("t10k-images-idx3-ubyte")
+
+
+def test_idx_in_a_fashion_mnist_folder_gets_its_class_names(idx_dir, tmp_path):
+    root, _ = idx_dir(name="fashion-mnist")
+    build_images([root], tmp_path / "out", _cfg(near_radius=-1), progress=False)
+    classes = ImageData(tmp_path / "out").classes
+    assert classes[0] == "T-shirt/top" and classes[9] == "Ankle boot" and len(classes) == 10
+
+
+def test_image_folder_classes_are_folder_names(folder, tmp_path):
+    cfg = _cfg()
+    cfg.split.val_fraction = 0.0
+    m = build_images([folder], tmp_path / "out", cfg, progress=False)
+    data = ImageData(tmp_path / "out")
+    assert data.classes == ["cat", "dog"] and data.shape == (16, 20, 3)
+    assert data.split("train").labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert m["splits"]["train"]["per_class"] == {"cat": 3, "dog": 3}
+    meta = data.split("train").meta().to_pylist()
+    assert meta[0]["id"] == "cat/0.png" and meta[0]["width"] == 20 and meta[0]["caption"] is None
+
+
+def test_tar_shard_labels_captions_and_json(tar_shard, tmp_path):
+    cfg = _cfg()
+    cfg.split.val_fraction = 0.0
+    build_images([tar_shard], tmp_path / "out", cfg, progress=False)
+    data = ImageData(tmp_path / "out")
+    assert data.classes == ["0", "1"]
+    train = data.split("train")
+    assert train.labels.tolist() == [0, 1, 0, -1, 1]
+    assert train.meta().column("caption").to_pylist() == [None, None, None, "a caption", "json caption"]
+
+
+def test_hugging_face_parquet_test_split_and_label_names(hf_parquet, tmp_path):
+    build_images([hf_parquet], tmp_path / "out", _cfg(), progress=False)
+    data = ImageData(tmp_path / "out")
+    assert data.classes == ["ant", "bee", "cow"]
+    assert len(data.split("train")) == 0 and data.split("val").labels.tolist() == [0, 1, 2, 0]
+    assert data.split("val").meta().column("caption")[1].as_py() == "picture 1"
+
+
+def test_csv_pairs_with_captions_and_labels(csv_pairs, tmp_path):
+    cfg = _cfg()
+    cfg.split.val_fraction = 0.0
+    build_images([csv_pairs], tmp_path / "out", cfg, progress=False)
+    data = ImageData(tmp_path / "out")
+    assert data.classes == ["blue", "red"]
+    assert data.split("train").labels.tolist() == [0, 1, 0, 1]
+    assert data.split("train").meta().column("caption")[2].as_py() == "caption 2"
+
+
+def test_resize_crop_and_mode_policy(folder, tmp_path):
+    (folder / "cat" / "wide.png").write_bytes((folder / "cat" / "0.png").read_bytes())
+    from PIL import Image
+
+    Image.new("L", (40, 10), 128).save(folder / "dog" / "grey.png")
+    from mlscale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"images differ in size .*--images.size=N"):
+        build_images([folder], tmp_path / "a", _cfg(), progress=False)
+    cfg = _cfg(near_radius=-1)
+    cfg.images.size = 8
+    build_images([folder], tmp_path / "b", cfg, progress=False)
+    data = ImageData(tmp_path / "b")
+    assert data.shape == (8, 8, 3)  # auto: one colour image makes the stage RGB
+    cfg.images.mode = "L"
+    build_images([folder], tmp_path / "c", cfg, progress=False)
+    assert ImageData(tmp_path / "c").shape == (8, 8, 1)
