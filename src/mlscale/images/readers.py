@@ -66,6 +66,11 @@ class Unit:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _brief(e: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(e).split())
+
+
 def split_of(name: str) -> str | None:
     """The split a file or folder name declares (train, val, test -> val), or None."""
     for word in re.split(r"[^a-z0-9]+", name.lower()):
@@ -144,7 +149,7 @@ def _idx_header(path: Path) -> tuple[int, tuple[int, ...]]:
                 raise InputError(f"{path} is not an IDX file of unsigned bytes (bad magic {head!r})")
             dims = tuple(int.from_bytes(fh.read(4), "big") for _ in range(head[3]))
     except (OSError, EOFError) as e:
-        raise InputError(f"{path} cannot be read as IDX: {e}") from None
+        raise InputError(f"{path} cannot be read as IDX: {_brief(e)}") from None
     return 4 + 4 * len(dims), dims
 
 
@@ -173,7 +178,7 @@ def _plan_parquet(p: Path, unit_images: int) -> list[Unit]:
     try:
         n = pq.ParquetFile(p).metadata.num_rows
     except Exception as e:  # pyarrow raises several kinds for a damaged file
-        raise InputError(f"{p} is not a readable Parquet file ({e})") from None
+        raise InputError(f"{p} is not a readable Parquet file ({_brief(e)})") from None
     return _chunks("parquet", p, n, unit_images, split=split_of(p.stem))
 
 
@@ -181,7 +186,7 @@ def _csv_rows(p: Path) -> list[list[str]]:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p} cannot be read as UTF-8 CSV ({e})") from None
+        raise InputError(f"{p} cannot be read as UTF-8 CSV ({_brief(e)})") from None
     rows = [r for r in csv.reader(io.StringIO(text)) if r]
     if rows and rows[0][0].strip().lower() in ("filepath", "path", "file"):
         rows = rows[1:]
@@ -214,7 +219,7 @@ def _idx_array(path: Path, start: int, stop: int) -> np.ndarray:
             fh.seek(offset + start * item)
             data = fh.read((stop - start) * item)
     except (OSError, EOFError) as e:
-        raise InputError(f"{path} is damaged ({e})") from None
+        raise InputError(f"{path} is damaged ({_brief(e)})") from None
     if len(data) != (stop - start) * item:
         raise InputError(f"{path} is truncated: it ends before item {stop} of {dims[0]}")
     return np.frombuffer(data, dtype=np.uint8).reshape((stop - start, *dims[1:]))
@@ -277,7 +282,7 @@ def _tar_members(p: Path) -> dict[str, dict[str, bytes]]:
                 fh = tar.extractfile(m)
                 groups.setdefault(key, {})[ext.lower()] = fh.read() if fh else b""
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise InputError(f"{p} is not a readable tar file ({e})") from None
+        raise InputError(f"{p} is not a readable tar file ({_brief(e)})") from None
     return groups
 
 
@@ -344,7 +349,7 @@ def _read_parquet(unit: Unit) -> Iterator[Item]:
         table = pq.read_table(p).slice(unit.start, unit.stop - unit.start)
         image, label, caption = _parquet_columns(table.column_names, [f.type for f in table.schema])
     except (pa.ArrowException, OSError) as e:
-        raise InputError(f"{p} is not a readable Parquet file ({e})") from None
+        raise InputError(f"{p} is not a readable Parquet file ({_brief(e)})") from None
     except InputError as e:
         raise InputError(f"{p}: {e}") from None
     names = _hf_label_names(table.schema, label)

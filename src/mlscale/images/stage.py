@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from mlscale.artifacts import StageDir, atomic_path, fingerprint_paths
-from mlscale.errors import ArtifactError, ConfigError, InputError
+from mlscale.errors import ArtifactError, ConfigError, InputError, check_out_dir
 from mlscale.executors import make_executor
 from mlscale.images.config import ImagesConfig
 from mlscale.images.data import FORMAT, STAGE_NAME, write_classes
@@ -69,6 +69,7 @@ def build_images(inputs: Sequence[str | Path], out: str | Path, cfg: ImagesConfi
     resumes from its finished work units; `force` starts over.
     """
     cfg = cfg or ImagesConfig()
+    check_out_dir(out)  # a file there is refused before any input is read
     units, files = plan_units(inputs, cfg.shards.unit_images)
     fingerprints = fingerprint_paths([f.resolve() for f in files])
     stage = StageDir.open(out, STAGE_NAME, cfg.identity(), fingerprints, force=force)
