@@ -1,5 +1,5 @@
 """The stage contract: manifest last, no-op rerun, resume, --force, config mismatch;
-duplicates with their survivor; the report; the same output with 1 or 2 workers."""
+duplicates with their survivor; the report; the same output with 1 or 2 workers or Ray."""
 from __future__ import annotations
 
 import hashlib
@@ -84,12 +84,6 @@ def test_no_op_rerun_resume_force_and_config_mismatch(dup_folder, tmp_path):
     assert build_images([dup_folder], out, other, progress=False)["image_shape"] == [8, 8, 3]
 
 
-def test_output_does_not_depend_on_workers(dup_folder, tmp_path):
-    build_images([dup_folder], tmp_path / "one", _cfg(workers=1), progress=False)
-    build_images([dup_folder], tmp_path / "two", _cfg(workers=2), progress=False)
-    assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
-
-
 def test_manifest_and_report(dup_folder, tar_shard, tmp_path):
     out = tmp_path / "out"
     m = build_images([dup_folder, tar_shard], out, _cfg(), progress=False)
@@ -124,3 +118,19 @@ def test_command_line_help_and_summary(folder, tmp_path, capsys):
     assert "6 images read, 6 kept" in out and "nothing to do" in out
     assert main(["images", str(folder), "--out", str(tmp_path / "o"), "--dedup.near_radios=3"]) == 2
     assert "did you mean 'dedup.near_radius'" in capsys.readouterr().err
+
+
+def test_output_does_not_depend_on_workers_or_ray(dup_folder, tmp_path):
+    build_images([dup_folder], tmp_path / "local", _cfg(workers=1), progress=False)
+    build_images([dup_folder], tmp_path / "two", _cfg(workers=2), progress=False)
+    assert _digests(tmp_path / "two") == _digests(tmp_path / "local")
+    ray = pytest.importorskip("ray")  # an optional extra, installed for the tests
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        cfg = _cfg()
+        cfg.executor = "ray"
+        m = build_images([dup_folder], tmp_path / "ray", cfg, progress=False)
+    finally:
+        ray.shutdown()
+    assert m["execution"]["executor"] == "ray"
+    assert _digests(tmp_path / "ray") == _digests(tmp_path / "local")

@@ -85,7 +85,7 @@ def build_images(inputs: Sequence[str | Path], out: str | Path, cfg: ImagesConfi
     _write_removed(stage, g.removed)
     write_classes(stage.path, g.classes)
     t3 = time.time()
-    body = _manifest_body(g, splits, dups, units, workers,
+    body = _manifest_body(g, splits, dups, units, {"executor": cfg.executor, "workers": workers},
                           {"decode": t1 - t0, "gather_dedup": t2 - t1, "write": t3 - t2})
     from mlscale.images.report import write_report
 
@@ -247,7 +247,7 @@ def _write_removed(stage: StageDir, removed: list[dict[str, Any]]) -> None:
 
 
 def _manifest_body(g: Gathered, splits: dict[str, Any], dups: dict[str, int], units: list[Unit],
-                   workers: int, seconds: dict[str, float]) -> dict[str, Any]:
+                   execution: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
     reasons: dict[str, int] = {}
     for r in g.removed:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
@@ -263,6 +263,6 @@ def _manifest_body(g: Gathered, splits: dict[str, Any], dups: dict[str, int], un
         "duplicates": dups,
         "sources": sorted({u.path for u in units}),
         "work_units": len(units),
-        "workers": workers,
+        "execution": execution,
         "timings": {k: round(v, 3) for k, v in seconds.items()},
     }
