@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from mlscale.model.layers import (GeluMLP, LayerNorm, PatchEmbed, RMSNorm, RotaryEmbedding, RotaryEmbedding2D,
                                   SwiGLU, apply_rotary, apply_rotary_2d, attention, modulate,
-                                  positions_in_segments, sincos_pos_embed_2d, timestep_embedding)
+                                  positions_in_segments, resample_pos_embed, sincos_pos_embed_2d,
+                                  timestep_embedding)
 
 
 def hf_rotary(head_dim: int, theta: float, position_ids: torch.Tensor):
@@ -206,6 +207,24 @@ def test_patch_embed_is_a_linear_map_of_each_row_major_patch():
         PatchEmbed(10, 4, 3, 8)
     with pytest.raises(ValueError, match="takes"):
         pe(torch.randn(1, 3, 8, 8))
+    # dynamic_size: any multiple of the patch, the same map on each patch
+    dyn = PatchEmbed(img_size=(8, 12), patch_size=4, in_chans=3, embed_dim=10, dynamic_size=True)
+    dyn.load_state_dict(pe.state_dict())
+    torch.testing.assert_close(dyn(x[..., :8, :8]), pe(x).view(2, 2, 3, 10)[:, :, :2].reshape(2, 4, 10),
+                               rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        dyn(torch.randn(1, 3, 8, 10))
+
+
+def test_resample_pos_embed_is_bicubic_on_the_grid():
+    pos = torch.randn(1, 3 * 4, 6)
+    assert resample_pos_embed(pos, (3, 4), (3, 4)) is pos
+    out = resample_pos_embed(pos, (3, 4), (5, 7))
+    ref = F.interpolate(pos.view(1, 3, 4, 6).permute(0, 3, 1, 2), size=(5, 7), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(out, ref.permute(0, 2, 3, 1).reshape(1, 35, 6), rtol=0, atol=0)
+    # a constant table stays constant (the cubic weights sum to one), in the input's dtype
+    flat = torch.ones(1, 9, 4, dtype=torch.bfloat16)
+    assert torch.equal(resample_pos_embed(flat, (3, 3), (6, 6)), torch.ones(1, 36, 4, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("dim", [16, 17])

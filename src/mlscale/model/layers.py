@@ -9,6 +9,7 @@ weights and numbers carry over:
     SwiGLU, GeluMLP, PatchEmbed              transformers / timm parameter names
     timestep_embedding, modulate             DiT (diffusers' flip_sin_to_cos=True)
     sincos_pos_embed_2d                      MAE's get_2d_sincos_pos_embed
+    resample_pos_embed                       transformers' ViT interpolate_pos_encoding
     positions_in_segments                    rotary positions of packed examples
 """
 from __future__ import annotations
@@ -195,11 +196,16 @@ class GeluMLP(nn.Module):
 
 # ------------------------------------------------------------------------ embeddings
 class PatchEmbed(nn.Module):
-    """Image [B, C, H, W] -> patch tokens [B, N, D], row-major, by one strided convolution."""
+    """Image [B, C, H, W] -> patch tokens [B, N, D], row-major, by one strided convolution.
+
+    dynamic_size: accept any image whose sides are multiples of the patch (timm's
+    dynamic_img_size); the caller then fits its positions to the grid of each input.
+    """
 
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int,
-                 embed_dim: int, bias: bool = True):
+                 embed_dim: int, bias: bool = True, dynamic_size: bool = False):
         super().__init__()
+        self.dynamic_size = dynamic_size
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
             raise ValueError(f"image size {self.img_size} is not a multiple of the patch size {patch_size}")
@@ -209,8 +215,11 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(f"image of size {tuple(x.shape[-2:])}; this patch embedding takes {self.img_size}")
+        size, p = tuple(x.shape[-2:]), self.patch_size
+        if self.dynamic_size and (size[0] % p or size[1] % p):
+            raise ValueError(f"image of size {size} is not a multiple of the patch size {p}")
+        if not self.dynamic_size and size != self.img_size:
+            raise ValueError(f"image of size {size}; this patch embedding takes {self.img_size}")
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -253,3 +262,18 @@ def sincos_pos_embed_2d(embed_dim: int, grid: int | tuple[int, int], cls_token: 
     if cls_token:
         emb = torch.cat((torch.zeros(1, embed_dim, dtype=emb.dtype), emb))
     return emb.float()
+
+
+def resample_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """Learned patch positions [1, h * w, D] (row-major) resized to another grid [1, h' * w', D].
+
+    Bicubic on the grid as an image of D channels, align_corners=False, without
+    antialiasing: transformers' `interpolate_pos_encoding` (timm's `resample_abs_pos_embed`
+    antialiases, which differs only when shrinking). Computed in fp32, returned in pos's dtype.
+    """
+    if tuple(old_grid) == tuple(new_grid):
+        return pos
+    D = pos.shape[-1]
+    grid = pos.float().reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, -1, D).to(pos.dtype)
