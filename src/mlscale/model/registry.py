@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # torch stays unimported until a model is built: `mlscale --h
     from torch import nn
 
 # families that ship with mlscale: name -> module that registers it on import
-SHIPPED: dict[str, str] = {"llama": "mlscale.model.llama"}
+SHIPPED: dict[str, str] = {"llama": "mlscale.model.llama", "vit": "mlscale.model.vit"}
 
 
 def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
