@@ -78,6 +78,18 @@ class Valid:
         return tok
 
     @functools.cached_property
+    def images(self) -> Path:
+        """An ImageFolder: two classes of two tiny PNG pictures each."""
+        from PIL import Image
+
+        folder = self.root / "images"
+        for c, name in enumerate(("cat", "dog")):
+            (folder / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 6), (60 * c + 20 * i, 90, 200)).save(folder / name / f"{i}.png")
+        return folder
+
+    @functools.cached_property
     def run(self) -> Path:
         """`mlscale pretrain` of the token directory: a tiny 2-step run."""
         run = self.root / "run"
@@ -140,6 +152,24 @@ ARGS: list[Arg] = [
         lambda bad, v, out: ["tokenize", str(v.text), "--out", out, "--quiet", "--config", bad], ".toml"),
     Arg("tokenize", "--out", "out",
         lambda bad, v, out: ["tokenize", str(v.text), "--out", bad, "--tokenizer", "char", "--quiet"]),
+
+    Arg("images", "INPUT.png", "file-or-dir",
+        lambda bad, v, out: ["images", bad, "--out", out, "--workers", "1", "--quiet"], ".png",
+        like=("cat/0.png", "dog/1.jpg")),
+    Arg("images", "INPUT-images-idx3-ubyte.gz", "file",
+        lambda bad, v, out: ["images", bad, "--out", out, "--workers", "1", "--quiet"],
+        "-images-idx3-ubyte.gz"),
+    Arg("images", "INPUT.tar", "file",
+        lambda bad, v, out: ["images", bad, "--out", out, "--workers", "1", "--quiet"], ".tar"),
+    Arg("images", "INPUT.parquet", "file",
+        lambda bad, v, out: ["images", bad, "--out", out, "--workers", "1", "--quiet"], ".parquet"),
+    Arg("images", "INPUT.csv", "file",
+        lambda bad, v, out: ["images", bad, "--out", out, "--workers", "1", "--quiet"], ".csv"),
+    Arg("images", "--config", "file",
+        lambda bad, v, out: ["images", str(v.images), "--out", out, "--workers", "1", "--quiet",
+                             "--config", bad], ".toml"),
+    Arg("images", "--out", "out",
+        lambda bad, v, out: ["images", str(v.images), "--out", bad, "--workers", "1", "--quiet"]),
 
     Arg("pretrain", "--data", "dir",
         lambda bad, v, out: ["pretrain", "--data", bad, "--out", out, *TINY_MODEL], **TOK_DIR),

@@ -138,8 +138,9 @@ def _gather(stage: StageDir, units: list[Unit], records: list[dict[str, Any]], c
         if r["shape"]:
             shapes.append((tuple(r["shape"]), units[i].path))
     if not shapes:
-        raise InputError("no image could be decoded from the inputs: " + ", ".join(
-            sorted({u.path for u in units})[:3]) + "; see removed reasons with --on-error fail")
+        bad = [x for r in records for x in r["removed"]]
+        named = "; ".join(f"{x['source']}: {x['reason']}" for x in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise InputError(f"no image of the inputs could be used ({named or 'no images'})")
     hw = {s[:2] for s, _ in shapes}
     if len(hw) > 1:
         (a, pa_), (b, pb) = shapes[0], next(x for x in shapes if x[0][:2] != shapes[0][0][:2])
