@@ -134,3 +134,32 @@ def test_output_does_not_depend_on_workers_or_ray(dup_folder, tmp_path):
         ray.shutdown()
     assert m["execution"]["executor"] == "ray"
     assert _digests(tmp_path / "ray") == _digests(tmp_path / "local")
+
+
+def test_an_interrupted_run_resumes_from_its_finished_units(folder, tmp_path, monkeypatch):
+    import mlscale.images.stage as stage
+
+    calls = []
+    real = stage.process_unit
+
+    def interrupted(context, task):
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the second unit: as if the user pressed Ctrl-C
+        calls.append(task[0])
+        return real(context, task)
+
+    cfg = _cfg(unit_images=2)  # 3 units of 2 images
+    monkeypatch.setattr(stage, "process_unit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_images([folder], tmp_path / "out", cfg, progress=False)
+    assert calls == [0] and not (tmp_path / "out" / "manifest.json").exists()
+
+    def counted(context, task):
+        calls.append(task[0])
+        return real(context, task)
+
+    monkeypatch.setattr(stage, "process_unit", counted)
+    build_images([folder], tmp_path / "out", cfg, progress=False)
+    assert calls == [0, 1, 2]  # unit 0 was not decoded again
+    build_images([folder], tmp_path / "fresh", cfg, progress=False)
+    assert _digests(tmp_path / "out") == _digests(tmp_path / "fresh")

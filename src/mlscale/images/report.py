@@ -75,7 +75,7 @@ def _figures(g: Any, body: dict[str, Any]) -> str:
             left += counts
         ax.set_yticks(y, [c[:24] for c in g.classes])
         ax.invert_yaxis()
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
         ax.set_xlabel("images kept")
         figs.append((figure_to_data_uri(fig, tight=True), "class balance", "Kept images per class and split."))
     plt.close("all")
