@@ -24,7 +24,7 @@ from torch import Tensor
 def to_float(images: np.ndarray | Tensor, mean: list[float], std: list[float],
              device: torch.device | str = "cpu") -> Tensor:
     """uint8 images [B, H, W, C] -> normalised float [B, C, H, W] ((x / 255 - mean) / std)."""
-    x = torch.as_tensor(np.asarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    x = torch.from_numpy(np.array(images)).to(device).permute(0, 3, 1, 2).float().div_(255)  # a copy: memmaps are read-only
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s

@@ -264,6 +264,7 @@ class Classify(Task):
         return {"val_loss": float(F.cross_entropy(logits, labels)), **accuracy(logits, labels)}
 
 
+@torch.no_grad()
 def predict(model: nn.Module, split: Any, mean: list[float], std: list[float], batch_size: int,
             runtime: Runtime) -> tuple[Tensor, Tensor]:
     """Logits (fp32, CPU) and labels of every image of `split`, in order."""

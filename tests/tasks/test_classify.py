@@ -1,0 +1,109 @@
+"""The classify task on the bundled Fashion-MNIST subset with a tiny ViT: it learns, it
+evaluates, a run killed with SIGKILL resumes its exact curve (mixup, CutMix and EMA on),
+and DDP on 2 gloo ranks equals one process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlscale.cli import main
+from mlscale.data import fashion_mnist_sample
+from mlscale.train.metrics import read_metrics
+
+TINY = ["--model.d_model=32", "--model.n_layer=2", "--model.n_head=2", "--model.patch_size=7",
+        "--train.batch_size=32", "--train.warmup_steps=3", "--train.lr=3e-3", "--train.min_lr=3e-4",
+        "--train.device=cpu", "--train.log_every=10", "--train.eval_every=0", "--classify.eval_batch_size=500"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fm") / "images"
+    assert main(["images", str(fashion_mnist_sample()), "--out", str(out)]) == 0
+    return out
+
+
+def command(images: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["-m", "mlscale", "train", "--task", "classify", "--data", str(images), "--out", str(out),
+            f"--train.max_steps={steps}", f"--train.checkpoint_every={steps // 2}", *TINY, *extra]
+
+
+def curve(out: Path) -> dict[int, float]:
+    return {r["step"]: r["train_loss"] for r in read_metrics(out / "metrics.jsonl") if "train_loss" in r}
+
+
+def test_a_tiny_vit_learns_the_subset_and_evaluate_reports_accuracy(images, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(command(images, run, 300, "--classify.ema=0.99")[2:]) == 0
+    last = read_metrics(run / "metrics.jsonl")[-1]
+    assert last["top1"] > 0.35 and last["top5"] > 0.85  # 3 epochs of 3,000 images; chance: 0.1 and 0.5
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 1000 and result["top1"] == pytest.approx(last["top1"])
+    assert set(result["per_class"]) == set(json.loads((images / "classes.json").read_text()))
+    assert sum(map(sum, result["confusion"])) == 1000
+
+
+def test_label_smoothing_on_mixed_targets_is_timm_s_soft_target_loss():
+    logits, a, b, lam, smoothing = torch.randn(6, 10), torch.randint(0, 10, (6,)), torch.randint(0, 10, (6,)), 0.3, 0.1
+    off, on = smoothing / 10, 1 - smoothing + smoothing / 10  # timm's mixup_target
+    soft = lam * F.one_hot(a, 10) * (on - off) + (1 - lam) * F.one_hot(b, 10) * (on - off) + off
+    timm = (-soft * F.log_softmax(logits, -1)).sum(-1).mean()
+    ours = F.cross_entropy(logits, lam * F.one_hot(a, 10).float() + (1 - lam) * F.one_hot(b, 10).float(),
+                           label_smoothing=smoothing)
+    torch.testing.assert_close(ours, timm)
+
+
+def test_a_killed_run_resumes_its_exact_curve(images, tmp_path):
+    mixing = ("--classify.mixup=0.8", "--classify.cutmix=1.0", "--classify.ema=0.9")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, *command(images, straight, 20, *mixing)], env=env, check=True,
+                   capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, *command(images, killed, 20, *mixing)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "metrics.jsonl").exists() and max(curve(killed), default=0) >= 13:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "manifest.json").exists(), "the run finished before it could be killed"
+    subprocess.run([sys.executable, *command(images, killed, 20, *mixing), "--resume"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    assert curve(killed) == curve(straight)  # every step, bit for bit
+    ema = Path("checkpoints/step-00000020/task.safetensors")  # the EMA weights, resumed too
+    assert (killed / ema).read_bytes() == (straight / ema).read_bytes()
+
+
+def test_ddp_on_two_ranks_equals_one_process(images, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    extra = ("--classify.mixup=0.8", "--train.grad_clip=0.5")
+    one = command(images, tmp_path / "one", 20, *extra)
+    two = command(images, tmp_path / "two", 20, *extra)
+    two[two.index("--train.batch_size=32")] = "--train.batch_size=16"
+    subprocess.run([sys.executable, *one], env=env, check=True, capture_output=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        f"--master_port={port}", "--master_addr=127.0.0.1", *two],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = curve(tmp_path / "one"), curve(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-5
+    clipped = [r["clipped"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if "clipped" in r]
+    assert any(clipped)
