@@ -107,3 +107,26 @@ def test_ddp_on_two_ranks_equals_one_process(images, tmp_path):
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5
     clipped = [r["clipped"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if "clipped" in r]
     assert any(clipped)
+
+
+def test_export_writes_a_pipeline_ready_vit_with_the_run_s_predictions(images, tmp_path, capsys):
+    from PIL import Image
+    from transformers import pipeline
+
+    from mlscale.images.data import ImageData
+    from mlscale.tasks.classify import load_classifier
+
+    run = tmp_path / "run"
+    assert main(command(images, run, 20)[2:]) == 0
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    classify = pipeline("image-classification", model=str(tmp_path / "hf"), device="cpu")
+    val = ImageData(images).split("val")
+    loaded = load_classifier(run)
+    pre = loaded.preprocess
+    x = (torch.from_numpy(val.images[:4].copy()).permute(0, 3, 1, 2).float() / 255 - pre["mean"][0]) / pre["std"][0]
+    with torch.no_grad():
+        ours = loaded.model(x).softmax(-1)
+    for i in range(4):
+        top = classify(Image.fromarray(val.images[i][:, :, 0], mode="L"), top_k=1)[0]
+        assert top["label"] == loaded.classes[int(ours[i].argmax())]
+        assert top["score"] == pytest.approx(float(ours[i].max()), abs=1e-4)

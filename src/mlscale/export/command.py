@@ -22,7 +22,8 @@ FORMATS = ("hf",)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run directory (mlscale pretrain or finetune --out)")
     parser.add_argument("--format", default="hf", choices=FORMATS,
-                        help="output format: hf = a transformers LlamaForCausalLM directory")
+                        help="output format: hf = a transformers LlamaForCausalLM directory (an image "
+                        "classifier: ViTForImageClassification with its image processor)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint step to export (default: the latest)")
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     run_dir = check_dir(args.run, "run directory", "give the --out directory of `mlscale pretrain` "
                         "or `mlscale finetune`")
     loaded = _load(run_dir, args.step, args.merge)
+    if getattr(loaded, "classes", None) is not None:  # an image classifier
+        return _export_classifier(loaded, run_dir, args)
     tokenizer_file = loaded.run_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
         tokenizer_file = Path(loaded.tokenizer.path)
@@ -80,4 +83,29 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     })
     print(f"exported {run_dir} (step {loaded.step}, {loaded.model.num_params():,} parameters) "
           f"to {args.out} as a Hugging Face LlamaForCausalLM")
+    return 0
+
+
+def _export_classifier(loaded, run_dir: Path, args: argparse.Namespace) -> int:
+    """A ViT classifier as a transformers ViTForImageClassification directory with its image
+    processor (the run's normalisation and class names): `pipeline("image-classification",
+    model=DIR)` labels images of the dataset."""
+    from mlscale.artifacts import StageDir, fingerprint_paths
+    from mlscale.export.hf import DTYPES
+    from mlscale.model.registry import family_of
+
+    family = family_of(loaded.config.model)
+    if family.hf is None or not hasattr(family.hf, "save_hf"):
+        raise ConfigError(f"model family '{family.name}' has no Hugging Face image-classification export")
+    config = {"format": args.format, "run": str(run_dir.resolve()), "step": loaded.step, "dtype": args.dtype}
+    stage = StageDir.open(args.out, "export", config, fingerprint_paths([loaded.path]), force=args.force)
+    if stage.complete:
+        print(f"{args.out} already holds this export (step {loaded.step}); nothing to do")
+        return 0
+    pre = loaded.preprocess
+    files = family.hf.save_hf(loaded.model, Path(args.out), loaded.classes, image_mean=pre["mean"],
+                              image_std=pre["std"], dtype=DTYPES[args.dtype] if args.dtype else None)
+    stage.write_manifest({"format": args.format, "step": loaded.step, "num_params": loaded.model.num_params(),
+                          "files": [f.name for f in files]})
+    print(f"wrote {args.out}: a ViTForImageClassification directory with its image processor")
     return 0
