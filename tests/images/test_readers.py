@@ -93,3 +93,20 @@ def test_resize_crop_and_mode_policy(folder, tmp_path):
     cfg.images.mode = "L"
     build_images([folder], tmp_path / "c", cfg, progress=False)
     assert ImageData(tmp_path / "c").shape == (8, 8, 1)
+
+
+def test_folders_named_for_a_split_keep_it(tmp_path):
+    from conftest import encode, picture
+
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            d = tmp_path / "data" / split / f"c{i % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{i}.png").write_bytes(encode(picture(40 + 10 * n + i)))
+    build_images([tmp_path / "data"], tmp_path / "a", _cfg(), progress=False)
+    data = ImageData(tmp_path / "a")
+    assert (len(data.split("train")), len(data.split("val"))) == (3, 2) and data.classes == ["c0", "c1"]
+    # the same folders given one by one
+    build_images([tmp_path / "data" / "train", tmp_path / "data" / "test"], tmp_path / "b", _cfg(), progress=False)
+    data = ImageData(tmp_path / "b")
+    assert (len(data.split("train")), len(data.split("val"))) == (3, 2) and data.classes == ["c0", "c1"]

@@ -13,7 +13,8 @@ Inputs (files or folders, folders searched recursively):
     Parquet             an image column ({"bytes", "path"} struct as Hugging Face datasets
                         write it, or binary) with label and/or caption columns
 
-A file or folder whose name says train / val / valid / test keeps that split (test -> val).
+A file whose name has the word train / val / valid / test (as Hugging Face's
+"test-00000-of-00001.parquet"), or a folder named exactly so, keeps that split (test -> val).
 Every unit is a plain dataclass (pickled to workers); `read_unit` yields `Item`s.
 """
 from __future__ import annotations
@@ -79,6 +80,16 @@ def split_of(name: str) -> str | None:
     return None
 
 
+def folder_split(name: str) -> str | None:
+    """The split a folder named exactly train / val / valid / validation / test declares."""
+    return SPLIT_WORDS.get(name.lower())
+
+
+def _split_for(p: Path) -> str | None:
+    """The split a file declares by a word of its name, or by its folder's whole name."""
+    return split_of(p.stem) or folder_split(p.parent.name)
+
+
 def _chunks(kind: str, path: Path, n: int, size: int, **kw: Any) -> list[Unit]:
     return [Unit(kind, str(path), a, min(a + size, n), **kw) for a in range(0, max(n, 1), size)] if n else []
 
@@ -109,13 +120,13 @@ def _plan_file(p: Path, unit_images: int) -> tuple[list[Unit], list[Path]]:
     if "labels-idx1" in name:
         return [], []  # read with its images file
     if name.endswith(".tar"):
-        return [Unit("tar", str(p), split=split_of(p.stem))], [p]
+        return [Unit("tar", str(p), split=_split_for(p))], [p]
     if name.endswith(".parquet"):
         return _plan_parquet(p, unit_images), [p]
     if name.endswith(".csv"):
         return _plan_csv(p, unit_images)
     if name.endswith(IMAGE_EXTS):
-        return [Unit("folder", str(p.parent), 0, 1, files=[p.name])], [p]
+        return [Unit("folder", str(p.parent), 0, 1, split=folder_split(p.parent.name), files=[p.name])], [p]
     raise InputError(f"{p}: not a known input (IDX, image, .csv, .tar or .parquet)")
 
 
@@ -135,7 +146,7 @@ def _plan_dir(root: Path, unit_images: int) -> tuple[list[Unit], list[Path]]:
             files += fs
     for a in range(0, len(images), unit_images):
         units.append(Unit("folder", str(root), a, min(a + unit_images, len(images)),
-                          files=images[a:a + unit_images]))
+                          split=folder_split(root.name), files=images[a:a + unit_images]))
     return units, files
 
 
@@ -167,7 +178,7 @@ def _plan_idx(p: Path, m: re.Match, unit_images: int) -> tuple[list[Unit], list[
     text = str(p).lower()
     classes = FASHION_MNIST if "fashion" in text else None
     extra = {"labels": str(labels[0]) if labels else None, "classes": classes}
-    units = _chunks("idx", p, dims[0], unit_images, split=split_of(prefix) or split_of(p.parent.name),
+    units = _chunks("idx", p, dims[0], unit_images, split=split_of(prefix) or folder_split(p.parent.name),
                     extra=extra)
     return units, [p] + labels[:1]
 
@@ -179,7 +190,7 @@ def _plan_parquet(p: Path, unit_images: int) -> list[Unit]:
         n = pq.ParquetFile(p).metadata.num_rows
     except Exception as e:  # pyarrow raises several kinds for a damaged file
         raise InputError(f"{p} is not a readable Parquet file ({_brief(e)})") from None
-    return _chunks("parquet", p, n, unit_images, split=split_of(p.stem))
+    return _chunks("parquet", p, n, unit_images, split=_split_for(p))
 
 
 def _csv_rows(p: Path) -> list[list[str]]:
@@ -199,7 +210,7 @@ def _csv_rows(p: Path) -> list[list[str]]:
 def _plan_csv(p: Path, unit_images: int) -> tuple[list[Unit], list[Path]]:
     rows = _csv_rows(p)
     files = [p] + [f for r in rows if (f := p.parent / r[0]).is_file()]
-    return _chunks("csv", p, len(rows), unit_images, split=split_of(p.stem)), files
+    return _chunks("csv", p, len(rows), unit_images, split=_split_for(p)), files
 
 
 # ------------------------------------------------------------------------------- reading
@@ -251,8 +262,9 @@ def _read_folder(unit: Unit) -> Iterator[Item]:
     root = Path(unit.path)
     for rel in unit.files:
         parts = Path(rel).parts
-        split = split_of(parts[0]) if len(parts) > 2 else None
-        label = parts[-2] if len(parts) > (2 if split else 1) else None
+        inner = folder_split(parts[0]) if len(parts) > 2 else None
+        split = inner or unit.split
+        label = parts[-2] if len(parts) > (2 if inner else 1) else None
         data, problem = _read_file(root / rel)
         yield Item(rel, str(root / rel), data, label, split=split, problem=problem)
 
