@@ -21,6 +21,8 @@ STAGE_CONFIGS = [
     ("tokenize", "mlscale.tokenize.config:TokenizeConfig"),
     ("pretrain", "mlscale.train.config:PretrainConfig"),
     ("finetune", "mlscale.finetune.config:FinetuneConfig"),
+    ("images", "mlscale.images.config:ImagesConfig"),
+    ("train --task classify", "mlscale.tasks.classify:ClassifyConfig"),
 ]
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
