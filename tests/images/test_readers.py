@@ -110,3 +110,17 @@ def test_folders_named_for_a_split_keep_it(tmp_path):
     build_images([tmp_path / "data" / "train", tmp_path / "data" / "test"], tmp_path / "b", _cfg(), progress=False)
     data = ImageData(tmp_path / "b")
     assert (len(data.split("train")), len(data.split("val"))) == (3, 2) and data.classes == ["c0", "c1"]
+
+
+def test_parquet_units_read_only_their_row_groups(hf_parquet, tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(hf_parquet)
+    pq.write_table(table, hf_parquet, row_group_size=3)  # units of 2 rows cross row groups
+    cfg = _cfg()
+    cfg.shards.unit_images = 2
+    m = build_images([hf_parquet], tmp_path / "out", cfg, progress=False)
+    assert m["work_units"] == 2
+    meta = ImageData(tmp_path / "out").split("val").meta()
+    assert meta.column("id").to_pylist() == [f"{hf_parquet.name}#{i}" for i in range(4)]
+    assert meta.column("caption").to_pylist() == [f"picture {i}" for i in range(4)]

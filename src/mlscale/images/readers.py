@@ -352,13 +352,23 @@ def _hf_label_names(schema: Any, label: str | None) -> list[str] | None:
         return None
 
 
+def _parquet_rows(pf: Any, start: int, stop: int) -> Any:
+    """Rows start..stop of a Parquet file, reading only the row groups that hold them."""
+    sizes = [pf.metadata.row_group(k).num_rows for k in range(pf.metadata.num_row_groups)]
+    ends = np.cumsum(sizes)
+    groups = [k for k in range(len(sizes)) if ends[k] > start and ends[k] - sizes[k] < stop]
+    first = int(ends[groups[0]] - sizes[groups[0]]) if groups else 0
+    table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
+    return table.slice(start - first, stop - start)
+
+
 def _read_parquet(unit: Unit) -> Iterator[Item]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     p = Path(unit.path)
     try:
-        table = pq.read_table(p).slice(unit.start, unit.stop - unit.start)
+        table = _parquet_rows(pq.ParquetFile(p), unit.start, unit.stop)
         image, label, caption = _parquet_columns(table.column_names, [f.type for f in table.schema])
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{p} is not a readable Parquet file ({_brief(e)})") from None

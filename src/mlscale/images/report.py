@@ -13,6 +13,7 @@ from mlscale.artifacts import atomic_write_text
 from mlscale.html import Page, escape, figure_to_data_uri, image, table
 
 SAMPLES = 10
+MAX_CLASSES = 100  # sample rows shown (the class-balance figure shows every class)
 THUMB = 56
 
 
@@ -36,14 +37,16 @@ def _sample_grid(g: Any) -> str:
     keep = g.keep if g.keep is not None else np.ones(len(g.labels), bool)
     rows = []
     ids = g.rows.column("id")
-    groups = [(c, k) for k, c in enumerate(g.classes)] or [("(unlabelled)", -1)]
+    groups = [(c, k) for k, c in enumerate(g.classes[:MAX_CLASSES])] or [("(unlabelled)", -1)]
     if g.classes and (g.labels[keep] < 0).any():
         groups.append(("(unlabelled)", -1))
     for name, k in groups:
         idx = np.flatnonzero(keep & (g.labels == k))[:SAMPLES]
         thumbs = "".join(_thumb(g.images(np.array([i]))[0], ids[int(i)].as_py()) for i in idx)
         rows.append(f"<tr><td>{escape(name)}</td><td>{thumbs}</td></tr>")
-    return "<table><tr><th>class</th><th>samples</th></tr>" + "".join(rows) + "</table>"
+    more = (f'<p class="muted">The first {MAX_CLASSES} of {len(g.classes)} classes.</p>'
+            if len(g.classes) > MAX_CLASSES else "")
+    return "<table><tr><th>class</th><th>samples</th></tr>" + "".join(rows) + "</table>" + more
 
 
 def _figures(g: Any, body: dict[str, Any]) -> str:
