@@ -124,3 +124,19 @@ def test_parquet_units_read_only_their_row_groups(hf_parquet, tmp_path):
     meta = ImageData(tmp_path / "out").split("val").meta()
     assert meta.column("id").to_pylist() == [f"{hf_parquet.name}#{i}" for i in range(4)]
     assert meta.column("caption").to_pylist() == [f"picture {i}" for i in range(4)]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "photos" / "c"
+    root.mkdir(parents=True)
+    im = Image.new("RGB", (12, 6), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    im.save(root / "sideways.jpg", exif=exif)
+    build_images([tmp_path / "photos"], tmp_path / "out", _cfg(), progress=False)
+    data = ImageData(tmp_path / "out")
+    assert data.shape == (12, 6, 3)  # shown upright: 6 wide, 12 high
+    meta = data.split("train").meta().to_pylist() or data.split("val").meta().to_pylist()
+    assert (meta[0]["width"], meta[0]["height"]) == (6, 12)

@@ -6,7 +6,8 @@
 
 Resize policy: size 0 keeps the native size; size N resizes the shorter side to N
 (bicubic, antialiased) and center-crops N x N. Mode L gives 1 channel, RGB 3 (transparent
-pixels over white); auto keeps grey images grey and turns everything else into RGB.
+pixels over white); auto keeps grey images grey and turns everything else into RGB. An
+EXIF orientation is applied first, so photos are upright.
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import xxhash
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mlscale.images.readers import Item
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 HASH_SIDE = 32
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 @dataclass
@@ -36,6 +38,8 @@ def _open(data: bytes | np.ndarray) -> Image.Image:
         return Image.fromarray(np.ascontiguousarray(data, dtype=np.uint8), mode="L")
     im = Image.open(io.BytesIO(data))
     im.load()  # decodes now: a truncated file fails here, not later
+    if im.getexif().get(ORIENTATION, 1) != 1:  # a photo taken sideways: as it is shown
+        im = ImageOps.exif_transpose(im)
     return im
 
 
