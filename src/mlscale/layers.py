@@ -41,6 +41,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 SIDEWAYS: dict[tuple[str, str], str] = {
     ("__main__", "cli"): "`python -m mlscale` is the `mlscale` command",
     ("export", "finetune"): "export writes a LoRA run merged into its base model",
+    ("evaluate", "report"): "`mlscale evaluate` of a classifier writes its run report",
 }
 """(importer, imported) packages of one layer that may import each other, and why.
 

@@ -7,12 +7,13 @@ Every token is scored once, in non-overlapping windows of the model's context le
 
 A run of an image classifier (`mlscale train --task classify`) prints top-1, top-5 and
 per-class accuracy and the confusion matrix on the val split (or --split) of the image
-directory it was trained on, or of --data DIR.
+directory it was trained on, or of --data DIR, and writes RUN/report.html.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -36,6 +37,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError(f"mlscale evaluate takes no config overrides (got {' '.join(overrides)})")
     result = evaluate_run(args.run_dir, args.data, split=args.split, step=args.step,
                           batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device)
+    if "_predicted" in result:  # a classifier: its run report, from the per-image predictions
+        from mlscale.report.classify_report import write_classify_report
+
+        path = write_classify_report(args.run_dir, result, args.data)
+        del result["_predicted"]
+        print(f"report: {path}", file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0
 

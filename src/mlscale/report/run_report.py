@@ -63,7 +63,7 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- figures
-def loss_figure(metrics: list[dict[str, Any]]) -> str | None:
+def loss_figure(metrics: list[dict[str, Any]], unit: str = "token") -> str | None:
     """Train loss per step (raw and smoothed) and validation loss at each evaluation."""
     train = [(m["step"], m["train_loss"]) for m in metrics if m.get("train_loss") is not None]
     val = [(m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None]
@@ -77,15 +77,16 @@ def loss_figure(metrics: list[dict[str, Any]]) -> str | None:
         vs, vl = np.array(val, dtype=float).T
         ax.plot(vs, vl, "o-", color="#e45756", lw=1.6, ms=4, label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross entropy (nats / token)")
+    ax.set_ylabel(f"cross entropy (nats / {unit})")
     ax.set_title("Loss")
     ax.legend(frameon=False)
     return figure_to_data_uri(fig)
 
 
-def throughput_figure(metrics: list[dict[str, Any]]) -> str | None:
-    """Tokens per second per step (smoothed), with MFU on a second axis when known."""
-    rows = [(m["step"], m["tokens_per_s"], m.get("mfu")) for m in metrics if m.get("tokens_per_s")]
+def throughput_figure(metrics: list[dict[str, Any]], unit: str = "token") -> str | None:
+    """Tokens (or `unit`s) per second per step (smoothed), with MFU on a second axis when known."""
+    key = f"{unit}s_per_s"
+    rows = [(m["step"], m[key], m.get("mfu")) for m in metrics if m.get(key)]
     if not rows:
         return None
     fig, ax = _axes()
@@ -94,7 +95,7 @@ def throughput_figure(metrics: list[dict[str, Any]]) -> str | None:
     ax.plot(steps, tps, color="#54a24b", alpha=0.25, lw=0.8)
     ax.plot(steps, _smooth(tps, max(1, len(tps) // 50)), color="#54a24b", lw=1.6)
     ax.set_xlabel("step")
-    ax.set_ylabel("tokens / s", color="#2f6b2a")
+    ax.set_ylabel(f"{unit}s / s", color="#2f6b2a")
     ax.set_ylim(0, float(np.percentile(tps, 99)) * 1.15)
     mfu = [r[2] for r in rows]
     if all(v is not None for v in mfu):

@@ -316,7 +316,9 @@ def load_classifier(run_dir: Path, step: int | None = None, device: Any = "cpu")
 
 def evaluate_classifier(run_dir: Path, data: Path | None = None, split: str = "val", step: int | None = None,
                         device: Any = "cpu", batch_size: int = 256) -> dict[str, Any]:
-    """Top-1, top-5, per-class accuracy and the confusion matrix of a run on a split."""
+    """Top-1, top-5, per-class accuracy and the confusion matrix of a run on a split; under
+    the private key `_predicted` the predicted label of each image of the split, in order
+    (for the run report: pop it before printing or saving the figures)."""
     from mlscale.images.data import ImageData
     from mlscale.runtime import Runtime
     from mlscale.runtime.device import resolve_device
@@ -343,4 +345,4 @@ def evaluate_classifier(run_dir: Path, data: Path | None = None, split: str = "v
     return {"run": str(run_dir), "step": loaded.step, "data": str(data), "split": split, "images": len(part),
             **accuracy(logits, labels), "loss": float(F.cross_entropy(logits, labels)),
             "per_class": dict(zip(loaded.classes, [round(a, 4) for a in per_class])),
-            "confusion": confusion.tolist()}
+            "confusion": confusion.tolist(), "_predicted": logits.argmax(1).tolist()}
