@@ -81,7 +81,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     print(f"{c['read']:,} images read, {c['kept']:,} kept, removed: {removed}")
     for name, s in m["splits"].items():
         print(f"{name:>5}: {s['images']:,} images in {len(s['shards'])} shard(s)")
-    print(f"shape {tuple(m['image_shape'])}, {len(m['classes'])} classes -> {args.out} "
+    n = len(m["classes"])
+    print(f"shape {tuple(m['image_shape'])}, {n} class{'' if n == 1 else 'es'} -> {args.out} "
           f"(report: {Path(args.out) / 'report.html'})")
     print(json.dumps({"seconds": m["seconds"], **m["timings"]}))
     if finished_before:

@@ -93,7 +93,8 @@ def decode(item: Item, size: int, mode: str) -> Decoded | tuple[str, str]:
 
 def exact_hash(pixels: np.ndarray) -> int:
     """xxh3-64 of the pixels and their shape, as a signed int64 (Parquet has no uint64 sort)."""
-    h = xxhash.xxh3_64(np.ascontiguousarray(pixels).tobytes(), seed=hash(pixels.shape) & 0xFFFF)
+    h = xxhash.xxh3_64(np.array(pixels.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(pixels).tobytes())
     return int(np.uint64(h.intdigest()).view(np.int64))
 
 
