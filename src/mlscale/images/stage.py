@@ -21,7 +21,7 @@ import xxhash
 
 from mlscale.artifacts import StageDir, atomic_path, fingerprint_paths
 from mlscale.errors import ArtifactError, ConfigError, InputError, check_out_dir
-from mlscale.executors import make_executor
+from mlscale.executors import available_cores, make_executor
 from mlscale.images.config import ImagesConfig
 from mlscale.images.data import FORMAT, STAGE_NAME, write_classes
 from mlscale.images.dedup import candidate_pairs, clusters, exact_duplicates
@@ -103,7 +103,7 @@ def _decode_units(stage: StageDir, units: list[Unit], cfg: ImagesConfig,
                "on_error": cfg.on_error}
     workers = 1
     if todo:
-        n = min(cfg.workers or len(todo), len(todo)) if cfg.executor == "local" else cfg.workers
+        n = min(cfg.workers or available_cores(), len(todo)) if cfg.executor == "local" else cfg.workers
         with make_executor(cfg.executor, n, cfg.ray.address, preload=("mlscale.images.units",)) as ex:
             workers = ex.workers
             results = (ex.run(process_unit, context, todo, "images: decoding", done=len(units) - len(todo))
