@@ -19,6 +19,15 @@ The output directory (format "mlscale-images-v1"; a contract that tasks read):
 
 Splits are "train" and "val": the dataset's own test split becomes "val"; inputs without
 a split are split by a hash of the image id (`split.val_fraction`, default 0.1).
+Duplicates keep the val copy (val ranks before train, then input order), so train loses
+what would leak into evaluation.
+
+manifest.json keys (besides stage, config, inputs, environment, seconds, finished):
+format "mlscale-images-v1"; image_shape [H, W, C]; classes; counts {read, kept, removed:
+{reason: n}} with read == kept + sum(removed); splits {train|val: {images, per_class:
+{class: n}, unlabelled, shards: [{name: "train-00000", images: n}]}}; duplicates {exact,
+near, near_candidates}; sources; work_units; execution {executor, workers}; timings
+{decode, gather_dedup, write} in seconds.
 
 Names are imported on first use so that `mlscale --help` does not load numpy or Pillow.
 """
