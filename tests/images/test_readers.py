@@ -140,3 +140,18 @@ def test_exif_orientation_is_applied(tmp_path):
     assert data.shape == (12, 6, 3)  # shown upright: 6 wide, 12 high
     meta = data.split("train").meta().to_pylist() or data.split("val").meta().to_pylist()
     assert (meta[0]["width"], meta[0]["height"]) == (6, 12)
+
+
+def test_idx_pixels_and_the_same_png_decode_alike():
+    from conftest import encode
+    from PIL import Image
+
+    from mlscale.images.decode import decode, exact_hash, phash
+    from mlscale.images.readers import Item
+
+    pixels = np.random.default_rng(3).integers(0, 256, size=(9, 7)).astype(np.uint8)
+    fast = decode(Item("a", "a", pixels), 0, "auto")
+    slow = decode(Item("b", "b", encode(Image.fromarray(pixels))), 0, "auto")
+    np.testing.assert_array_equal(fast.pixels, slow.pixels)
+    assert exact_hash(fast.pixels) == exact_hash(slow.pixels)
+    assert phash(fast.grey32) == phash(slow.grey32) and (fast.width, fast.height) == (7, 9)

@@ -73,6 +73,9 @@ def decode(item: Item, size: int, mode: str) -> Decoded | tuple[str, str]:
     """The item's pixels in the stage's shape, or (step, reason) when it cannot be decoded."""
     if item.problem:
         return item.problem
+    if isinstance(item.data, np.ndarray) and item.data.ndim == 2 and mode != "RGB" and \
+            (size == 0 or item.data.shape == (size, size)):
+        return _grey_pixels(item.data)  # IDX: already the output's pixels
     try:
         im = _open(item.data if item.data is not None else b"")
         width, height = im.size
@@ -89,6 +92,13 @@ def decode(item: Item, size: int, mode: str) -> Decoded | tuple[str, str]:
     grey = im if im.mode == "L" else im.convert("L")
     grey32 = np.asarray(grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR), dtype=np.float32)
     return Decoded(pixels, width, height, grey32)
+
+
+def _grey_pixels(data: np.ndarray) -> Decoded:
+    """A grey pixel array that needs no decoding, resizing or conversion."""
+    pixels = np.ascontiguousarray(data, dtype=np.uint8)
+    grey = Image.fromarray(pixels, mode="L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
+    return Decoded(pixels[:, :, None], pixels.shape[1], pixels.shape[0], np.asarray(grey, dtype=np.float32))
 
 
 def exact_hash(pixels: np.ndarray) -> int:
