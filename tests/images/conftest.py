@@ -1,7 +1,6 @@
 """Tiny synthetic image inputs of every kind `mlscale images` reads, written by the tests."""
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import tarfile
@@ -12,29 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-
-def picture(seed: int, size: tuple[int, int] = (20, 16), mode: str = "RGB") -> Image.Image:
-    """A smooth random picture (distinct per seed; blobs, so JPEG keeps it close)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, size=(4, 4, 3)).astype(np.uint8)
-    im = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
-    return im.convert(mode)
-
-
-def encode(im: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
-    """An IDX file of unsigned bytes (MNIST format)."""
-    head = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    data = head + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
+from image_helpers import encode, picture, write_idx  # shared with the tests
 
 
 @pytest.fixture

@@ -96,7 +96,7 @@ def test_resize_crop_and_mode_policy(folder, tmp_path):
 
 
 def test_folders_named_for_a_split_keep_it(tmp_path):
-    from conftest import encode, picture
+    from image_helpers import encode, picture
 
     for split, n in (("train", 3), ("test", 2)):
         for i in range(n):
@@ -143,7 +143,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_idx_pixels_and_the_same_png_decode_alike():
-    from conftest import encode
+    from image_helpers import encode
     from PIL import Image
 
     from mlscale.images.decode import decode, exact_hash, phash

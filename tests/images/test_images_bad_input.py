@@ -6,7 +6,7 @@ import tarfile
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import encode, picture
+from image_helpers import encode, picture
 
 from mlscale.cli import main
 from mlscale.images import ImageData

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import encode, picture
+from image_helpers import encode, picture
 
 from mlscale.cli import main
 from mlscale.errors import ArtifactError
