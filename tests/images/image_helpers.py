@@ -1,6 +1,6 @@
 """Helpers of the image-stage tests: synthetic pictures, encoded files, IDX files.
 
-A module of its own name: `from conftest import ...` would find whichever conftest.py
+A module of its own name: importing them from conftest would find whichever conftest.py
 pytest imported first under that name (another folder's)."""
 from __future__ import annotations
 
