@@ -1,7 +1,7 @@
 """The suite passes in a clone with nothing beside it: no test reads the project's shared data.
 
 Tests take their data from the package's bundled sample or from tests/data (both opened by
-tests/sample_data.py); `../shared/data` serves the benchmarks only.
+tests/sample_data.py); the shared data folder beside the checkout serves the benchmarks only.
 """
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ class _RotaryTables(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
 
     def _tables(self, device: torch.device | None) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define _tables(device) -> (cos, sin)")
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         super()._apply(fn, recurse)
