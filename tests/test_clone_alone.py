@@ -23,4 +23,4 @@ def test_no_test_file_refers_to_the_shared_data():
             continue  # compressed data files
         offenders += [f"{path.relative_to(TESTS)}:{n}: {line.strip()}"
                       for n, line in enumerate(text.splitlines(), 1) if any(f in line for f in FORBIDDEN)]
-    assert not offenders, "tests must not read ../shared (use sample_data):\n" + "\n".join(offenders)
+    assert not offenders, "tests must not read the shared data folder (use sample_data):\n" + "\n".join(offenders)
