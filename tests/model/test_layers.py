@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlscale.model.layers import (GeluMLP, LayerNorm, PatchEmbed, RMSNorm, RotaryEmbedding, RotaryEmbedding2D,
+from mlscale.model.layers import (ConvStem, GeluMLP, LayerNorm, PatchEmbed, RMSNorm, RotaryEmbedding, RotaryEmbedding2D,
                                   SwiGLU, apply_rotary, apply_rotary_2d, attention, modulate,
                                   positions_in_segments, resample_pos_embed, sincos_pos_embed_2d,
                                   timestep_embedding)
@@ -214,6 +214,29 @@ def test_patch_embed_is_a_linear_map_of_each_row_major_patch():
                                rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
         dyn(torch.randn(1, 3, 8, 10))
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_conv_stem_halves_once_per_factor_of_the_patch(norm):
+    torch.manual_seed(0)
+    stem = ConvStem(patch_size=4, in_chans=3, embed_dim=10, width=8, full_res=1, norm=norm)
+    convs = [m for m in stem.convs if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(3, 8, (1, 1)), (8, 8, (2, 2)),
+                                                                           (8, 16, (2, 2))]
+    x = torch.randn(5, 3, 12, 20)
+    tokens = stem(x)
+    assert tokens.shape == (5, 3 * 5, 10)  # row-major grid of 4-pixel cells, as PatchEmbed
+    assert stem(x * 7).sub(tokens).abs().max() < 1e-3  # normalised after the first convolution: blind to scale
+    # group: each image on its own, in training too; batch: the batch's statistics in
+    # training, the running averages (per image again) in evaluation
+    alone = stem(x[2:3])
+    assert torch.allclose(alone, tokens[2:3], atol=1e-5) == (norm == "group")
+    stem.eval()
+    torch.testing.assert_close(stem(x[2:3]), stem(x)[2:3], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        stem(torch.randn(1, 3, 12, 10))
+    with pytest.raises(ValueError, match="power of 2"):
+        ConvStem(patch_size=6, in_chans=3, embed_dim=10, width=8)
 
 
 def test_resample_pos_embed_is_bicubic_on_the_grid():

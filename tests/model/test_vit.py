@@ -35,9 +35,9 @@ def make(seed: int = 0, **kw) -> ViT:
 
 # ---------------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("pool", ["cls", "mean"])
-@pytest.mark.parametrize("pos", ["learned", "sincos"])
-def test_any_image_size_divisible_by_the_patch_runs(pool, pos):
-    m = make(pool=pool, pos_embed=pos, registers=2)
+@pytest.mark.parametrize("pos,stem", [("learned", "patch"), ("sincos", "patch"), ("learned", "conv")])
+def test_any_image_size_divisible_by_the_patch_runs(pool, pos, stem):
+    m = make(pool=pool, pos_embed=pos, registers=2, stem=stem)
     for H, W in [(16, 16), (8, 8), (28, 28), (12, 20)]:
         x = torch.randn(3, 1, H, W)
         n = (H // 4) * (W // 4)
@@ -152,7 +152,7 @@ def test_init_follows_timm():
 
 
 # ---------------------------------------------------------------------- accounting
-@pytest.mark.parametrize("kw", [{}, {"pool": "mean", "registers": 2}])
+@pytest.mark.parametrize("kw", [{}, {"pool": "mean", "registers": 2}, {"stem": "conv", "stem_width": 8}])
 def test_flops_per_image_is_what_torch_counts(kw):
     m = make(**kw).train()
     x = torch.randn(2, 1, 16, 16)
@@ -287,6 +287,10 @@ def test_timm_positions_of_prefix_tokens_fold_into_the_tokens():
 
 def test_timm_state_dict_of_another_shape_is_refused():
     sd = timm_state_dict(make())
+    with pytest.raises(ArtifactError, match="no timm counterpart"):
+        load_timm_state_dict(make(stem="conv"), sd)
+    with pytest.raises(ArtifactError, match="no timm counterpart"):
+        timm_state_dict(make(stem="conv"))
     with pytest.raises(ArtifactError, match="missing: reg_token"):
         load_timm_state_dict(make(registers=1), sd)
     with pytest.raises(ArtifactError, match="shape"):

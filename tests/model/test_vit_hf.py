@@ -73,7 +73,8 @@ def test_transformers_reproduces_our_logits_from_the_export(tmp_path, kw, rgb):
 
 
 @pytest.mark.parametrize("kw,what", [({"registers": 4}, "register tokens"), ({"qk_norm": True}, "qk-norm"),
-                                     ({"pool": "mean"}, "mean pooling"), ({"layer_scale": 0.1}, "layer scale")])
+                                     ({"pool": "mean"}, "mean pooling"), ({"layer_scale": 0.1}, "layer scale"),
+                                     ({"stem": "conv"}, "convolutional stem")])
 def test_export_refuses_what_transformers_vit_lacks(tmp_path, kw, what):
     with pytest.raises(ArtifactError, match=what):
         save_hf(make(**kw), tmp_path / "out", NAMES)

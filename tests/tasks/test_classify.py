@@ -1,6 +1,6 @@
 """The classify task on the bundled Fashion-MNIST subset with a tiny ViT: it learns, it
 evaluates, a run killed with SIGKILL resumes its exact curve (mixup, CutMix and EMA on),
-and DDP on 2 gloo ranks equals one process."""
+and DDP on 2 gloo ranks equals one process (both with the BatchNorm conv stem)."""
 from __future__ import annotations
 
 import json
@@ -30,6 +30,10 @@ def images(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fm") / "images"
     assert main(["images", str(fashion_mnist_sample()), "--out", str(out)]) == 0
     return out
+
+
+# early convolutions with BatchNorm: running statistics to resume, batch statistics to share across ranks
+CONV_STEM = ("--model.stem=conv", "--model.patch_size=4", "--model.stem_width=8", "--model.stem_full_res=1")
 
 
 def command(images: Path, out: Path, steps: int, *extra: str) -> list[str]:
@@ -65,7 +69,7 @@ def test_label_smoothing_on_mixed_targets_is_timm_s_soft_target_loss():
 
 
 def test_a_killed_run_resumes_its_exact_curve(images, tmp_path):
-    mixing = ("--classify.mixup=0.8", "--classify.cutmix=1.0", "--classify.ema=0.9")
+    mixing = ("--classify.mixup=0.8", "--classify.cutmix=1.0", "--classify.ema=0.9", *CONV_STEM)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
     subprocess.run([sys.executable, *command(images, straight, 20, *mixing)], env=env, check=True,
@@ -93,7 +97,7 @@ def test_ddp_on_two_ranks_equals_one_process(images, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    extra = ("--classify.mixup=0.8", "--train.grad_clip=0.5")
+    extra = ("--classify.mixup=0.8", "--train.grad_clip=0.5", *CONV_STEM)
     one = command(images, tmp_path / "one", 20, *extra)
     two = command(images, tmp_path / "two", 20, *extra)
     two[two.index("--train.batch_size=32")] = "--train.batch_size=16"

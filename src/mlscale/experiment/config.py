@@ -103,6 +103,9 @@ class FinetuneStageConfig(FinetuneConfig):
 class ExperimentConfig:
     """Everything `mlscale run` is configured by."""
 
+    kind: str = option("language", "the kind of experiment: language (curate -> tokenize -> pretrain "
+                       "-> evaluate -> generate); vision files are read by VisionExperimentConfig",
+                       choices=("language",))
     name: str = option("experiment", "the experiment's name, shown in the report")
     out: str = option("out", "output directory (relative to the working directory); --out wins")
     inputs: InputsConfig = option(default_factory=InputsConfig)
@@ -121,11 +124,32 @@ class ExperimentConfig:
             raise ConfigError("finetune.data_file: the finetune stage needs its data file")
 
 
-def bundled_experiment() -> Path:
-    """The experiment file shipped in the package (`mlscale run` with no argument)."""
+# bundled experiments by name (`mlscale run NAME`): the files shipped in mlscale/experiments
+BUNDLED_EXPERIMENTS = {"language": "default.toml", "vision": "vision.toml"}
+
+
+def bundled_experiment(name: str = "language") -> Path:
+    """An experiment file shipped in the package: `language` is what `mlscale run` runs
+    with no argument, `vision` what `mlscale run vision` runs."""
     from importlib.resources import files
 
-    return Path(str(files("mlscale").joinpath("experiments").joinpath("default.toml")))
+    return Path(str(files("mlscale").joinpath("experiments").joinpath(BUNDLED_EXPERIMENTS[name])))
+
+
+def _experiment_file(path: str | Path | None) -> Path:
+    """The file an EXPERIMENT argument names: a bundled experiment's name, or a path."""
+    if path is None:
+        return bundled_experiment()
+    if str(path) in BUNDLED_EXPERIMENTS and not Path(path).exists():
+        return bundled_experiment(str(path))
+    if not Path(path).exists() and not str(path).endswith(".toml"):
+        import difflib
+
+        close = difflib.get_close_matches(str(path), list(BUNDLED_EXPERIMENTS), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"no experiment file {str(path)!r} and no bundled experiment of that name "
+                          f"({hint}bundled: {', '.join(BUNDLED_EXPERIMENTS)})")
+    return Path(path)
 
 
 def _resolve(entry: str, base: Path) -> list[Path]:
@@ -162,14 +186,23 @@ def experiment_defaults() -> dict[str, Any]:
 
 
 def load_experiment(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None
-                    ) -> tuple[ExperimentConfig, Path, str]:
-    """The experiment at `path` (the bundled one when None) with overrides applied.
+                    ) -> tuple[Any, Path, str]:
+    """The experiment at `path` (a file, or a bundled experiment's name; the bundled
+    language experiment when None) with overrides applied: an ExperimentConfig, or a
+    VisionExperimentConfig when the file says `kind = "vision"`.
 
     Returns the config, the folder relative input paths are taken from, and the file's name
     for messages. Unknown tables or keys, wrong types and missing inputs fail here, before
     any stage starts, naming the file, table and key.
     """
-    file = Path(path) if path is not None else bundled_experiment()
+    from mlscale.config import read_toml
+
+    file = _experiment_file(path)
+    if read_toml(file, "experiment file").get("kind") == "vision":
+        from mlscale.experiment.vision_config import VisionExperimentConfig
+
+        vision = load_config(VisionExperimentConfig, file, overrides, what="experiment file")
+        return vision, file.resolve().parent, str(file)
     # the finetune table starts from fine-tuning's own defaults, as `mlscale finetune` does
     cfg = load_config(ExperimentConfig, file, overrides, base={"finetune": FINETUNE_DEFAULTS},
                       what="experiment file")

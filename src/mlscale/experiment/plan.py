@@ -7,7 +7,7 @@ now, and its manifest is still the one it wrote. Otherwise it runs, and every st
 it runs too (its input is about to change). How it runs:
 
     resume    it was started with exactly this config and these inputs: continue inside it
-    extend    pretrain only: it finished, and only train.max_steps grew: continue from the
+    extend    a training stage (pretrain, train) only: it finished, and only train.max_steps grew: continue from the
               latest checkpoint
     restart   anything else: delete its output and start over
 """
@@ -24,6 +24,10 @@ from mlscale.config import diff
 # (scaling and finetune are optional; a change reruns the stages after it, so the cheap
 # finetune comes after the long sweep)
 STAGES = ("curate", "tokenize", "pretrain", "evaluate", "generate", "scaling", "finetune")
+# the stages of a vision experiment
+VISION_STAGES = ("images", "train", "evaluate")
+# training stages a larger train.max_steps continues from their latest checkpoint
+EXTENDABLE = ("pretrain", "train")
 STATE_FILE = "run-state.json"
 MANIFEST = "manifest.json"
 
@@ -127,7 +131,7 @@ def decide(spec: StageSpec, state: RunState, out: Path, upstream: str | None) ->
         if resumable:
             return Decision(spec.name, "run", "resume", "was interrupted: resume inside it")
         reason = _changed_keys(done["config"], spec.config)
-        if spec.name == "pretrain" and done["inputs"] == spec.inputs \
+        if spec.name in EXTENDABLE and done["inputs"] == spec.inputs \
                 and _only_more_steps(done["config"], spec.config):
             return Decision(spec.name, "run", "extend", reason + ": continue from the latest checkpoint")
         return Decision(spec.name, "run", "restart", reason)

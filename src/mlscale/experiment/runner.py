@@ -1,4 +1,5 @@
-"""`run_experiment()`: curate, tokenize, pretrain, evaluate and generate, in order.
+"""`run_experiment()`: the stages of an experiment, in order (language.py: curate,
+tokenize, pretrain, evaluate, generate...; vision.py: images, train, evaluate).
 
 Each stage writes DIR/<stage>/ through its own stage function (the same code as its own
 command), so each resumes inside itself after an interruption. The runner adds what
@@ -10,176 +11,36 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from mlscale.artifacts import StageDir, fingerprint_paths
-from mlscale.config import to_dict
 from mlscale.errors import ArtifactError, ConfigError, check_out_dir
-from mlscale.experiment.config import ExperimentConfig, experiment_defaults, resolve_inputs
-from mlscale.experiment.plan import STAGES, Decision, RunState, StageSpec, decide, output_fingerprint
+from mlscale.experiment.plan import Decision, RunState, decide, output_fingerprint
+from mlscale.experiment.stages import REPORT, ExperimentStages
 
-INPUTS_DIR = "inputs"
-REPORT = "report.html"
 LOCK = ".run.lock"
 
 
-class _Experiment:
-    """The experiment's stages: their configs, inputs and how to run each."""
+def experiment_stages(cfg: Any, out: Path, base: Path, source: str) -> ExperimentStages:
+    """The stages that run an experiment config (language or vision)."""
+    from mlscale.experiment.vision_config import VisionExperimentConfig
 
-    def __init__(self, cfg: ExperimentConfig, out: Path, base: Path, source: str):
-        self.cfg, self.out = cfg, out
-        self.documents, self.texts = resolve_inputs(cfg, base, source)
-        self.finetune_data = (base / cfg.finetune.data_file).resolve() if cfg.finetune.enabled else None
-        optional = {"curate": bool(self.documents), "scaling": cfg.scaling.enabled,
-                    "finetune": cfg.finetune.enabled}
-        self.stages = [s for s in STAGES if optional.get(s, True)]
+    if isinstance(cfg, VisionExperimentConfig):
+        from mlscale.experiment.vision import VisionExperiment
 
-    # -- what each stage is keyed by ----------------------------------------------------
-    def config(self, stage: str) -> dict[str, Any]:
-        c = self.cfg
-        if stage == "curate":
-            return c.curate.identity()
-        if stage == "tokenize":
-            return {**c.tokenize.content_dict(), "passage_chars": c.inputs.passage_chars}
-        if stage == "scaling":  # the sweep's runs start from the pretrain settings
-            return {**to_dict(c.scaling), "pretrain": to_dict(c.pretrain)}
-        return to_dict(getattr(c, stage))
+        return VisionExperiment(cfg, out, base, source)
+    from mlscale.experiment.language import LanguageExperiment
 
-    def inputs(self, stage: str, state: RunState) -> dict[str, Any] | None:
-        """Fingerprints of what the stage reads; None while an upstream output is unknown."""
-        if stage == "curate":
-            return {"documents": fingerprint_paths(self.documents)}
-        upstream = {"tokenize": "curate", "pretrain": "tokenize", "evaluate": "pretrain",
-                    "generate": "pretrain", "scaling": "tokenize", "finetune": "pretrain"}[stage]
-        found: dict[str, Any] = {}
-        if stage == "finetune":
-            found["data"] = fingerprint_paths([self.finetune_data])
-        if stage == "tokenize":
-            found["text"] = fingerprint_paths(self.texts)
-            if "curate" not in self.stages:
-                return found
-        fp = state.output(upstream)
-        if fp is None:
-            return None
-        found[upstream] = fp
-        return found
-
-    def spec(self, stage: str, state: RunState) -> StageSpec:
-        return StageSpec(stage, self.config(stage), self.inputs(stage, state))
-
-    # -- running ------------------------------------------------------------------------
-    def run_stage(self, stage: str, mode: str) -> None:
-        runner: Callable[[str], None] = getattr(self, f"_{stage}")
-        runner(mode)
-
-    def _curate(self, mode: str) -> None:
-        from mlscale.curate.pipeline import curate
-        from mlscale.curate.report import summary_lines
-
-        manifest = curate(self.documents, self.out / "curate", self.cfg.curate, force=mode == "restart")
-        print("\n".join(summary_lines(manifest, self.out / "curate")), flush=True)
-
-    def _tokenize(self, mode: str) -> None:
-        from mlscale.experiment.passages import write_passages
-        from mlscale.tokenize.stage import tokenize_corpus
-
-        inputs: list[Path] = [self.out / "curate"] if "curate" in self.stages else []
-        for i, text in enumerate(self.texts):
-            dest = self.out / INPUTS_DIR / f"{i:02d}-{text.name.removesuffix('.gz').removesuffix('.txt')}.jsonl.gz"
-            n = write_passages(text, dest, self.cfg.inputs.passage_chars)
-            print(f"{text.name}: {n:,} passages of ~{self.cfg.inputs.passage_chars:,} characters -> {dest}")
-            inputs.append(dest)
-        m = tokenize_corpus(inputs, self.out / "tokenize", self.cfg.tokenize, force=mode == "restart")
-        for name, s in m["splits"].items():
-            print(f"{name:>5}: {s['tokens']:,} tokens from {s['documents']:,} documents "
-                  f"({s['bytes']:,} bytes)", flush=True)
-
-    def _pretrain(self, mode: str) -> None:
-        from mlscale.train.loop import pretrain
-
-        summary = pretrain(self.cfg.pretrain, self.out / "tokenize", self.out / "pretrain",
-                           resume=mode in ("resume", "extend"), force=mode == "restart")
-        print(f"pretrain: {summary['steps']} steps, final val loss {summary['final_val_loss']}", flush=True)
-
-    def _scaling(self, mode: str) -> None:
-        from mlscale.scaling.analyze import fit_file
-        from mlscale.scaling.sweep import sweep
-
-        c = self.cfg.scaling
-        sweep(self.cfg.pretrain, self.out / "tokenize", self.out / "scaling", c.budgets,
-              sizes=c.sizes, tokens_per_param=c.tokens_per_param, force=mode == "restart")
-        body = fit_file(self.out / "scaling" / "runs.csv", law=c.law, bootstrap=c.bootstrap,
-                        out=self.out / "scaling" / "fit", progress=True)
-        shown = {k: body[k] for k in ("E", "A", "B", "alpha", "beta", "a", "b") if k in body}
-        print("scaling fit: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
-
-    def _finetune(self, mode: str) -> None:
-        from mlscale.finetune.loop import finetune
-
-        from mlscale.config import from_dict
-        from mlscale.finetune.config import FinetuneConfig
-
-        # the stage's own keys (enabled, data_file) are the experiment's, not the run's
-        keys = {k: v for k, v in to_dict(self.cfg.finetune).items() if k not in ("enabled", "data_file")}
-        summary = finetune(from_dict(FinetuneConfig, keys), self.out / "pretrain", self.finetune_data,
-                           self.out / "finetune", force=mode == "restart")
-        shown = {k: v for k, v in summary.items() if isinstance(v, float) and "loss" in k}
-        print("finetune: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
-
-    def _evaluate(self, mode: str) -> None:
-        from mlscale.artifacts import atomic_write_json
-        from mlscale.evaluate.command import evaluate_run
-
-        e = self.cfg.evaluate
-        sd = StageDir.open(self.out / "evaluate", "evaluate", to_dict(e),
-                           {"pretrain": output_fingerprint(self.out / "pretrain") or ""},
-                           force=mode == "restart")
-        if sd.complete:
-            return
-        result = evaluate_run(self.out / "pretrain", self.out / "tokenize", split=e.split,
-                              batch_size=e.batch_size, max_tokens=e.max_tokens or None, device=e.device)
-        atomic_write_json(sd.path / "metrics.json", result)
-        sd.write_manifest({"metrics": result})
-        shown = {k: v for k, v in result.items() if isinstance(v, float)}
-        print("evaluate: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
-
-    def _generate(self, mode: str) -> None:
-        from mlscale.artifacts import atomic_write_json, atomic_write_text
-        from mlscale.evaluate.generate_command import generate_text
-
-        g = self.cfg.generate
-        sd = StageDir.open(self.out / "generate", "generate", to_dict(g),
-                           {"pretrain": output_fingerprint(self.out / "pretrain") or ""},
-                           force=mode == "restart")
-        if sd.complete:
-            return
-        for i, prompt in enumerate(g.prompts):
-            unit = f"prompt-{i:03d}"
-            if sd.unit_done(unit):
-                continue
-            texts = generate_text(self.out / "pretrain", prompt, max_new_tokens=g.max_new_tokens,
-                                  temperature=g.temperature, top_k=g.top_k or None,
-                                  top_p=g.top_p if g.top_p < 1 else None, seed=g.seed + i,
-                                  num_samples=g.num_samples, device=g.device)
-            sd.mark_done(unit, {"prompt": prompt, "samples": texts})
-            for t in texts:
-                print(f"--- {prompt!r}\n{t}", flush=True)
-        samples = [sd.unit_payload(f"prompt-{i:03d}") for i in range(len(g.prompts))]
-        atomic_write_json(sd.path / "samples.json", samples)
-        atomic_write_text(sd.path / "samples.txt", "\n\n".join(
-            f"=== {s['prompt']!r} ({k + 1}/{len(s['samples'])})\n{t}"
-            for s in samples for k, t in enumerate(s["samples"])) + "\n")
-        sd.write_manifest({"samples": samples})
+    return LanguageExperiment(cfg, out, base, source)
 
 
-def _forced(exp: "_Experiment", stage: str, from_stage: str | None) -> Decision | None:
+def _forced(exp: ExperimentStages, stage: str, from_stage: str | None) -> Decision | None:
     """The decision for a stage that --from forces (it, and every stage after it)."""
     if from_stage is None or exp.stages.index(stage) < exp.stages.index(from_stage):
         return None
     return Decision(stage, "run", "restart", f"forced by --from {from_stage}")
 
 
-def plan_experiment(exp: "_Experiment", state: RunState, from_stage: str | None) -> list[Decision]:
+def plan_experiment(exp: ExperimentStages, state: RunState, from_stage: str | None) -> list[Decision]:
     """The decision for every stage, as far as can be known before anything runs."""
     decisions: list[Decision] = []
     upstream: str | None = None
@@ -191,16 +52,17 @@ def plan_experiment(exp: "_Experiment", state: RunState, from_stage: str | None)
     return decisions
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | Path, from_stage: str | None = None,
+def run_experiment(cfg: Any, out: str | Path, from_stage: str | None = None,
                    dry_run: bool = False, base: str | Path = ".", source: str = "experiment"
                    ) -> dict[str, Any]:
-    """Run the stages of `cfg` that are not up to date into `out`; returns what happened.
+    """Run the stages of `cfg` (an ExperimentConfig or a VisionExperimentConfig) that are
+    not up to date into `out`; returns what happened.
 
     `from_stage` forces that stage and those after it; `dry_run` only plans. `base` is the
     folder relative input paths are taken from, `source` the experiment's name in messages.
     """
     out = check_out_dir(out)
-    exp = _Experiment(cfg, out, Path(base), source)
+    exp = experiment_stages(cfg, out, Path(base), source)
     if from_stage is not None and from_stage not in exp.stages:
         raise ConfigError(f"--from {from_stage}: not a stage of this experiment "
                           f"(stages: {', '.join(exp.stages)})")
@@ -234,7 +96,7 @@ def _exclusive(out: Path) -> Iterator[None]:
         yield
 
 
-def _run_stages(exp: _Experiment, state: RunState, cfg: ExperimentConfig, from_stage: str | None,
+def _run_stages(exp: ExperimentStages, state: RunState, cfg: Any, from_stage: str | None,
                 result: dict[str, Any]) -> dict[str, Any]:
     out = exp.out
     ran_any = False
@@ -257,9 +119,7 @@ def _run_stages(exp: _Experiment, state: RunState, cfg: ExperimentConfig, from_s
 
     report = out / REPORT
     if ran_any or not report.exists():
-        from mlscale.report.run_report import write_run_report
-
-        write_run_report(out, cfg, exp.stages, experiment_defaults())
+        exp.write_report()
         print(f"\nreport: {report}", flush=True)
     else:
         print(f"\nevery stage is up to date; report: {report}", flush=True)

@@ -7,6 +7,7 @@ weights and numbers carry over:
     RotaryEmbedding2D, apply_rotary_2d       axial rotary for patch grids (row | column halves)
     attention                                F.scaled_dot_product_attention, GQA built in
     SwiGLU, GeluMLP, PatchEmbed              transformers / timm parameter names
+    ConvStem                                 Xiao et al. 2021's convolutional patch embedding
     timestep_embedding, modulate             DiT (diffusers' flip_sin_to_cos=True)
     sincos_pos_embed_2d                      MAE's get_2d_sincos_pos_embed
     resample_pos_embed                       transformers' ViT interpolate_pos_encoding
@@ -221,6 +222,46 @@ class PatchEmbed(nn.Module):
         if not self.dynamic_size and size != self.img_size:
             raise ValueError(f"image of size {size}; this patch embedding takes {self.img_size}")
         return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class ConvStem(nn.Module):
+    """Image [B, C, H, W] -> patch tokens [B, N, D] by early convolutions (Xiao et al. 2021,
+    "Early convolutions help transformers see better"): `full_res` 3x3 convolutions that
+    keep the resolution (channels `width`), then one 3x3 stride-2 convolution per halving
+    of the patch side (channels `width`, doubled at each), each followed by a norm and
+    ReLU, then a 1x1 projection to the token width. Accepts any image whose sides are
+    multiples of the patch.
+
+    norm "batch" is the paper's BatchNorm (statistics of the batch in training, running
+    averages in evaluation; the trainer makes it one batch across data-parallel ranks);
+    "group" normalises each image on its own (GroupNorm with one group), for batches too
+    small for batch statistics.
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, width: int, full_res: int = 0,
+                 norm: str = "batch"):
+        super().__init__()
+        halvings = int(math.log2(patch_size)) if patch_size > 1 else 0
+        if patch_size < 2 or 2 ** halvings != patch_size:
+            raise ValueError(f"a convolutional stem needs a patch size that is a power of 2, got {patch_size}")
+        norms = {"batch": nn.BatchNorm2d, "group": lambda c: nn.GroupNorm(1, c)}
+        if norm not in norms:
+            raise ValueError(f"conv stem norm {norm!r}: expected one of {', '.join(norms)}")
+        self.patch_size = patch_size
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for stride, out in [(1, width)] * full_res + [(2, width * 2 ** i) for i in range(halvings)]:
+            layers += [nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False), norms[norm](out),
+                       nn.ReLU(inplace=True)]
+            channels = out
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(channels, embed_dim, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size, p = tuple(x.shape[-2:]), self.patch_size
+        if size[0] % p or size[1] % p:
+            raise ValueError(f"image of size {size} is not a multiple of the patch size {p}")
+        return self.proj(self.convs(x)).flatten(2).transpose(1, 2)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000) -> Tensor:

@@ -172,15 +172,19 @@ def _defaults(config: dict[str, Any]) -> dict[str, Any]:
     return defaults
 
 
-def build_classify_report(run_dir: str | Path, result: dict[str, Any], data_dir: str | Path | None = None) -> str:
-    """The HTML of RUN/report.html for `result` of `evaluate_classifier` on the run."""
+def build_classify_report(run_dir: str | Path, result: dict[str, Any], data_dir: str | Path | None = None,
+                          title: str | None = None, before: list[tuple[str, str]] | None = None) -> str:
+    """The HTML of RUN/report.html for `result` of `evaluate_classifier` on the run;
+    `title` and sections `before` the run's own for a page that shows more (an experiment)."""
     run_dir = Path(run_dir)
     data = Path(data_dir) if data_dir is not None else (Path(result["data"]) if result.get("data") else None)
     classes = read_json(run_dir / "classes.json")
     confusion = np.asarray(result["confusion"], dtype=np.int64)
-    page = Page(f"mlscale classifier: {run_dir.name}",
+    page = Page(title or f"mlscale classifier: {run_dir.name}",
                 f"{run_dir.resolve()} · step {result.get('step')} · report written "
                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    for name, body in before or []:
+        page.section(name, body)
     training = _training_section(run_dir)
     if training is not None:
         page.section("Training", training)

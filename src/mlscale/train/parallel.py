@@ -11,7 +11,8 @@ torchtitan does, and for the same reasons):
 3. torch.compile (whole model, or per block under FSDP so each block's all-gather
    stays outside the compiled graph);
 4. data parallel: DDP, or FSDP2 `fully_shard` (ZeRO-3: parameters, gradients and
-   optimizer state sharded over the data-parallel ranks), per block and then the root.
+   optimizer state sharded over the data-parallel ranks), per block and then the root;
+   BatchNorm layers then take their statistics over the global batch (batch_norm.py).
 
 The device mesh is 2-D (dp, tp): ranks that share a tp group see the same batch, the
 dp groups split the global batch (see `tokenize.batches.sample_batch`).
@@ -111,6 +112,10 @@ def apply_data_parallel(model: nn.Module, blocks: list[nn.Module], cfg: Parallel
     """
     if env.mesh is None:
         return model  # one process, no device mesh: nothing to wrap
+    if env.dp_size > 1:
+        from mlscale.train.batch_norm import sync_batch_norm
+
+        sync_batch_norm(model, env.mesh["dp"].get_group())  # batch statistics of the global batch
     if cfg.strategy == "fsdp":
         # also on a dp mesh of one rank (tensor parallel alone; bench_gpu_scale.py): nothing
         # to shard then, but every parameter is a DTensor, kept in fp32 and gathered in

@@ -25,14 +25,12 @@ from torch import Tensor, nn
 from mlscale.model.kernels import cpu_fused
 from mlscale.model.layers import RMSNorm, SwiGLU, apply_rotary, attention
 from mlscale.model.llama.model import Attention, KVCache
+from mlscale.model.swap import plain_linears, swap_classes
 
 
 def _plain(*linears: nn.Module) -> bool:
-    """True when the projections are untouched nn.Linear layers, so their weights may be
-    concatenated into one matrix multiply. LoRA or quantised replacements, and modules
-    with hooks or DTensor weights (tensor parallelism, FSDP), take the module path."""
-    return all(type(m) is nn.Linear and type(m.weight) is nn.Parameter and m.bias is None
-               and not m._forward_hooks and not m._forward_pre_hooks for m in linears)
+    """Plain projections (`plain_linears`) without biases, as the Llama's are."""
+    return plain_linears(*linears) and all(m.bias is None for m in linears)
 
 
 class FusedRMSNorm(RMSNorm):
@@ -89,18 +87,11 @@ class FusedSwiGLU(SwiGLU):
         return self.down_proj(F.silu(gate) * up)
 
 
-# exact class -> its fused subclass; exact types, so a module swapped (or subclassed by
-# someone else) is left as it is
+# exact class -> its fused subclass
 _SWAPS: dict[type, type] = {RMSNorm: FusedRMSNorm, Attention: FusedAttention, SwiGLU: FusedSwiGLU}
 
 
 def apply_cpu_kernels(model: nn.Module) -> int:
     """Swap the Llama's norms, attention and MLP modules for their fused subclasses in
     place; returns how many modules were swapped (0 when applied a second time)."""
-    n = 0
-    for module in model.modules():
-        fused = _SWAPS.get(type(module))
-        if fused is not None:
-            module.__class__ = fused
-            n += 1
-    return n
+    return swap_classes(model, _SWAPS)

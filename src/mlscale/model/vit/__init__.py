@@ -3,6 +3,7 @@
     config.py     ViTConfig (the `model` section when model.family = "vit")
     model.py      the model, single-device, read top to bottom
     parallel.py   its tensor-parallel plan
+    fused.py      one q/k/v matmul per attention, swapped in by the trainer
     hf.py         Hugging Face import and export (ViTForImageClassification + processor)
     timm.py       timm VisionTransformer state dicts, both ways
 
@@ -37,6 +38,13 @@ def flops_per_sample(cfg: ViTConfig, model: nn.Module) -> float:
     return float(model.flops_per_image(cfg.image_size))
 
 
+def fuse(model: nn.Module) -> int:
+    """One q/k/v matmul per attention, swapped in from outside (see `fused.py`)."""
+    from mlscale.model.vit.fused import apply_fused
+
+    return apply_fused(model)
+
+
 # parameters AdamW leaves alone besides vectors (norm gains, biases, layer-scale gains): timm's rule
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
 
@@ -63,6 +71,7 @@ FAMILY = register_family(ModelFamily(
     lora_targets=LORA_TARGETS,
     no_weight_decay=no_weight_decay,
     hf=hf,
+    fuse_cpu=fuse,
 ))
 
 

@@ -22,6 +22,19 @@ class ViTConfig:
     patch_size: int = option(4, "side of a square patch in pixels", min=1)
     in_channels: int = option(1, "image channels (1 grey, 3 RGB)", min=1)
     num_classes: int = option(10, "classes of the head; 0 = no head (forward returns features)", min=0)
+    stem: Literal["patch", "conv"] = option(
+        "patch", "how images become tokens: one strided convolution per patch (ViT), or early "
+                 "convolutions (Xiao et al. 2021): a 3x3 stride-2 convolution per halving of the "
+                 "patch side, then a 1x1 projection; the same tokens, learnt faster on small data "
+                 "(no Hugging Face / timm ViT counterpart)", choices=("patch", "conv"))
+    stem_width: int = option(32, "conv stem: channels of its first convolution, doubled at each halving",
+                             min=1)
+    stem_full_res: int = option(0, "conv stem: 3x3 convolutions at the full image resolution (stride 1, "
+                                   "stem_width channels) before the first halving", min=0)
+    stem_norm: Literal["batch", "group"] = option(
+        "batch", "conv stem: the norm after each convolution: batch (the paper's BatchNorm; one batch "
+                 "across data-parallel ranks) or group (each image on its own, for tiny batches)",
+        choices=("batch", "group"))
     d_model: int = option(192, "residual stream width", min=8)
     n_layer: int = option(6, "transformer blocks", min=1)
     n_head: int = option(3, "attention heads", min=1)
@@ -69,6 +82,9 @@ class ViTConfig:
         if self.image_size % self.patch_size:
             raise ConfigError(f"model.image_size={self.image_size} must be a multiple of "
                               f"model.patch_size={self.patch_size}")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError(f"model.stem=\"conv\" halves the image once per factor 2 of the patch: "
+                              f"model.patch_size must be a power of 2 (2, 4, 8, 16...), got {self.patch_size}")
         if self.pos_embed == "sincos" and self.d_model % 4:
             raise ConfigError(f"model.pos_embed=\"sincos\" needs model.d_model divisible by 4, "
                               f"got {self.d_model}")

@@ -86,6 +86,7 @@ def hf_name(name: str, v5: bool = False) -> str | None:
 def check_exportable(cfg: ViTConfig) -> None:
     """Refuse the settings transformers' ViTForImageClassification has no place for."""
     missing = [what for what, used in (
+        ("convolutional stem (model.stem = \"conv\")", cfg.stem != "patch"),
         ("register tokens (model.registers > 0)", cfg.registers > 0),
         ("qk-norm (model.qk_norm = true)", cfg.qk_norm),
         ("mean pooling (model.pool = \"mean\")", cfg.pool != "cls"),

@@ -18,6 +18,8 @@ Choices, and why:
   class token and normalises the mean of the patch tokens (timm's `fc_norm`). Register
   tokens (Darcet et al. 2023) take part in attention but in no pooling, and carry no
   position (as DINOv2's).
+- `stem = "conv"` replaces the patch convolution by early convolutions (layers.ConvStem):
+  the same grid of tokens, and on small data sets a much quicker start.
 - Init as timm: truncated normal(init_std) for linear weights and learned positions, zero
   biases, class and register tokens near zero (std 1e-6); the patch convolution as a
   linear map of the flattened patch (xavier uniform, MAE).
@@ -30,7 +32,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mlscale.model.layers import GeluMLP, LayerNorm, PatchEmbed, attention, resample_pos_embed, sincos_pos_embed_2d
+from mlscale.model.layers import (ConvStem, GeluMLP, LayerNorm, PatchEmbed, attention, resample_pos_embed,
+                                  sincos_pos_embed_2d)
 from mlscale.model.vit.config import ViTConfig
 
 
@@ -113,7 +116,11 @@ class ViT(nn.Module):
         cfg.validate()
         self.cfg = cfg
         d = cfg.d_model
-        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, cfg.in_channels, d, dynamic_size=True)
+        if cfg.stem == "conv":
+            self.patch_embed: nn.Module = ConvStem(cfg.patch_size, cfg.in_channels, d, cfg.stem_width,
+                                                       cfg.stem_full_res, cfg.stem_norm)
+        else:
+            self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, cfg.in_channels, d, dynamic_size=True)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "cls" else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.registers, d)) if cfg.registers else None
         n_pos = int(cfg.pool == "cls") + cfg.grid ** 2  # the class token's position, then the patches'
@@ -137,7 +144,7 @@ class ViT(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        proj = self.patch_embed.proj
+        proj = self.patch_embed.proj  # a conv stem's other convolutions keep torch's (He) init
         nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
         nn.init.zeros_(proj.bias)
         if self.pos_embed is not None:
@@ -204,13 +211,14 @@ class ViT(nn.Module):
     def flops_per_image(self, image_size: int | None = None) -> float:
         """Training FLOPs per image (forward + backward) at a square `image_size`:
 
-            6 x (W_blocks x T + W_head) + 4 x W_patch x N + 12 x L x d x T^2
+            6 x (W_blocks x T + W_head) + sum over stem convolutions of 6 x W_conv x P_conv
+                                         + 12 x L x d x T^2
 
         with N patches, T = N + class and register tokens, W_blocks the weights of every
         linear layer in the blocks (each used once per token), W_head the head's (once per
-        image) and W_patch the patch convolution's (once per patch): 2 FLOPs per weight and
-        use forward, 4 backward, except that no gradient is computed for the images, so the
-        patch convolution costs 2 backward. Attention scores and their weighted sum add
+        image) and W_conv a convolution of the stem's, used at P_conv output positions (N for
+        the patch convolution): 2 FLOPs per weight and use forward, 4 backward, except that
+        no gradient is computed for the images, so the first convolution costs 2 backward. Attention scores and their weighted sum add
         2 x 2 x T^2 x d per layer forward, twice that backward (as Llama's 12 L d T per
         token). Norms, softmax, GELU, biases and positions are left out.
         """
@@ -218,7 +226,14 @@ class ViT(nn.Module):
         N = (size // self.cfg.patch_size) ** 2
         T = N + self.cfg.prefix_tokens
         w_blocks = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
-        w_patch = self.patch_embed.proj.weight.numel()
         w_head = self.head.weight.numel() if isinstance(self.head, nn.Linear) else 0
         attn = 12 * self.cfg.n_layer * self.cfg.d_model * T * T
-        return float(6 * (w_blocks * T + w_head) + 4 * w_patch * N + attn)
+        return float(6 * (w_blocks * T + w_head) + self._stem_flops(size) + attn)
+
+    def _stem_flops(self, size: int) -> float:
+        flops, side, first = 0.0, size, True
+        for conv in (m for m in self.patch_embed.modules() if isinstance(m, nn.Conv2d)):
+            side = (side + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+            flops += (4 if first else 6) * conv.weight.numel() * side * side
+            first = False
+        return flops

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 def timm_kwargs(cfg: ViTConfig) -> dict[str, Any]:
     """Arguments of `timm.models.vision_transformer.VisionTransformer` for our shape (a
     LayerNorm eps other than timm's 1e-6 needs `norm_layer=partial(nn.LayerNorm, eps=...)`)."""
+    _check_patch_stem(cfg)
     return {
         "img_size": cfg.image_size, "patch_size": cfg.patch_size, "in_chans": cfg.in_channels,
         "num_classes": cfg.num_classes, "embed_dim": cfg.d_model, "depth": cfg.n_layer,
@@ -41,10 +42,17 @@ def timm_kwargs(cfg: ViTConfig) -> dict[str, Any]:
     }
 
 
+def _check_patch_stem(cfg: ViTConfig) -> None:
+    if cfg.stem != "patch":
+        raise ArtifactError("timm's VisionTransformer embeds patches with one convolution: a model with "
+                            "model.stem = \"conv\" has no timm counterpart")
+
+
 def timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Our weights under timm's names, in the layout of `timm_kwargs(model.cfg)`."""
     import torch
 
+    _check_patch_stem(model.cfg)
     cfg = model.cfg
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
@@ -105,6 +113,7 @@ def load_timm_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Mo
     returned). Unknown, missing or misshapen tensors are an ArtifactError naming them."""
     import torch
 
+    _check_patch_stem(model.cfg)
     if model.pos_embed is None:
         raise ArtifactError("timm weights carry learned positions: build the model with "
                             "model.pos_embed = \"learned\" to load them")
