@@ -22,9 +22,11 @@ from mlscale.model.vit.model import Attention
 class FusedAttention(Attention):
     """Attention with one q/k/v matmul over the concatenated projections."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not plain_linears(self.q_proj, self.k_proj, self.v_proj):
-            return super().forward(x)
+    def forward(self, x: Tensor, queries: int | None = None) -> Tensor:
+        # fewer queries than tokens (the last block under class-token pooling): q is not
+        # computed for every token, so the model's own code
+        if queries is not None or not plain_linears(self.q_proj, self.k_proj, self.v_proj):
+            return super().forward(x, queries)
         B, T, _ = x.shape
         H, D = self.n_head, self.head_dim
         # the weights' concat is a small copy next to the activations; its backward splits the grads

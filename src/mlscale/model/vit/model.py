@@ -55,14 +55,17 @@ class Attention(nn.Module):
         self.q_norm = LayerNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = LayerNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, queries: int | None = None) -> Tensor:
+        """Every token attends to every token; with `queries`, only the first `queries`
+        tokens ask (and only their outputs are returned), all still answer."""
         B, T, _ = x.shape
         H, D = self.n_head, self.head_dim
-        q = self.q_norm(self.q_proj(x).view(B, T, H, D)).transpose(1, 2)
+        n = T if queries is None else queries
+        q = self.q_norm(self.q_proj(x[:, :n]).view(B, n, H, D)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, H, D)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, H, D).transpose(1, 2)
         y = attention(q, k, v, causal=False, dropout_p=self.dropout if self.training else 0.0)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
+        return self.o_proj(y.transpose(1, 2).reshape(B, n, H * D))
 
 
 # ----------------------------------------------------------------------------- block
@@ -102,8 +105,11 @@ class Block(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.path_rate = path_rate
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + drop_path(self.ls1(self.resid_dropout(self.attn(self.norm1(x)))), self.path_rate, self.training)
+    def forward(self, x: Tensor, queries: int | None = None) -> Tensor:
+        """x [B, T, D] -> [B, T, D]; with `queries`, the outputs of the first `queries`
+        tokens only (the others still serve as keys and values)."""
+        h = self.ls1(self.resid_dropout(self.attn(self.norm1(x), queries)))
+        x = (x if queries is None else x[:, :queries]) + drop_path(h, self.path_rate, self.training)
         return x + drop_path(self.ls2(self.resid_dropout(self.mlp(self.norm2(x)))), self.path_rate, self.training)
 
 
@@ -175,6 +181,14 @@ class ViT(nn.Module):
     def tokens(self, images: Tensor) -> Tensor:
         """Every token after the last block, [B, prefix + N, D] in the order [cls]
         [registers] patches (row-major), before the final norm."""
+        x = self.embed(images)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def embed(self, images: Tensor) -> Tensor:
+        """The tokens before the first block: patches with positions, after the class
+        token and registers."""
         B, _, H, W = images.shape
         p = self.cfg.patch_size
         x = self.patch_embed(images)
@@ -185,18 +199,19 @@ class ViT(nn.Module):
             prefix.append(cls.expand(B, -1, -1))  # sin-cos: the class token's position is zero (MAE)
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(B, -1, -1))
-        x = self.pos_drop(torch.cat([*prefix, x], dim=1))
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return self.pos_drop(torch.cat([*prefix, x], dim=1))
 
     def features(self, images: Tensor) -> Tensor:
         """The pooled, normalised image embedding [B, d_model] (the head's input; for k-NN
         and linear probes)."""
-        x = self.tokens(images)
-        if self.cfg.pool == "cls":
-            return self.norm(x[:, 0])  # LayerNorm is per token: only the class token's is needed
-        return self.norm(x[:, self.cfg.prefix_tokens:].mean(dim=1))
+        if self.cfg.pool == "mean":
+            return self.norm(self.tokens(images)[:, self.cfg.prefix_tokens:].mean(dim=1))
+        # only the class token's output is pooled: in the last block it alone needs a
+        # query, an attention output and an MLP (the same logits, ~1/L fewer FLOPs)
+        x = self.embed(images)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.norm(self.blocks[-1](x, queries=1)[:, 0])
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits [B, num_classes] for float images [B, C, H, W] (H, W multiples of the
@@ -211,24 +226,31 @@ class ViT(nn.Module):
     def flops_per_image(self, image_size: int | None = None) -> float:
         """Training FLOPs per image (forward + backward) at a square `image_size`:
 
-            6 x (W_blocks x T + W_head) + sum over stem convolutions of 6 x W_conv x P_conv
-                                         + 12 x L x d x T^2
+            sum over blocks of 6 x (W_kv x T + W_rest x Q) + 12 x d x Q x T
+            + 6 x W_head + sum over stem convolutions of 6 x W_conv x P_conv
 
-        with N patches, T = N + class and register tokens, W_blocks the weights of every
-        linear layer in the blocks (each used once per token), W_head the head's (once per
-        image) and W_conv a convolution of the stem's, used at P_conv output positions (N for
-        the patch convolution): 2 FLOPs per weight and use forward, 4 backward, except that
-        no gradient is computed for the images, so the first convolution costs 2 backward. Attention scores and their weighted sum add
-        2 x 2 x T^2 x d per layer forward, twice that backward (as Llama's 12 L d T per
-        token). Norms, softmax, GELU, biases and positions are left out.
+        with N patches and T = N + class and register tokens. Q is the number of tokens
+        that query: T, except in the last block with class-token pooling, where only the
+        class token does (Q = 1). W_kv are the key and value projections' weights (used by
+        every token), W_rest the block's other linear weights (used by the queries), W_head
+        the head's (once per image), and W_conv a convolution of the stem's, used at P_conv
+        output positions (N for the patch convolution): 2 FLOPs per weight and use forward,
+        4 backward, except that no gradient is computed for the images, so the first
+        convolution costs 2 backward. Attention scores and their weighted sum add
+        2 x 2 x Q x T x d per block forward, twice that backward. Norms, softmax, GELU,
+        biases and positions are left out.
         """
         size = self.cfg.image_size if image_size is None else image_size
-        N = (size // self.cfg.patch_size) ** 2
-        T = N + self.cfg.prefix_tokens
-        w_blocks = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
-        w_head = self.head.weight.numel() if isinstance(self.head, nn.Linear) else 0
-        attn = 12 * self.cfg.n_layer * self.cfg.d_model * T * T
-        return float(6 * (w_blocks * T + w_head) + self._stem_flops(size) + attn)
+        T = (size // self.cfg.patch_size) ** 2 + self.cfg.prefix_tokens
+        queries = [T] * (self.cfg.n_layer - 1) + [1 if self.cfg.pool == "cls" else T]
+        blocks = sum(self._block_flops(b, T, Q) for b, Q in zip(self.blocks, queries))
+        w_head = _linear_weights(self.head)
+        return float(blocks + 6 * w_head + self._stem_flops(size))
+
+    def _block_flops(self, block: nn.Module, T: int, Q: int) -> float:
+        w_kv = _linear_weights(block.attn.k_proj) + _linear_weights(block.attn.v_proj)
+        w_rest = _linear_weights(block) - w_kv
+        return 6 * (w_kv * T + w_rest * Q) + 12 * self.cfg.d_model * Q * T
 
     def _stem_flops(self, size: int) -> float:
         flops, side, first = 0.0, size, True
@@ -237,3 +259,8 @@ class ViT(nn.Module):
             flops += (4 if first else 6) * conv.weight.numel() * side * side
             first = False
         return flops
+
+
+def _linear_weights(module: nn.Module) -> int:
+    """Weights of the linear layers in `module` (itself included)."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
