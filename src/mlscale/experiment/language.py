@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlscale.artifacts import StageDir, fingerprint_paths
+from mlscale.artifacts import fingerprint_paths
 from mlscale.config import to_dict
 from mlscale.experiment.config import ExperimentConfig, experiment_defaults, resolve_inputs
-from mlscale.experiment.plan import STAGES, RunState, output_fingerprint
+from mlscale.experiment.plan import STAGES, RunState
 from mlscale.experiment.stages import ExperimentStages
 
 INPUTS_DIR = "inputs"
@@ -119,9 +119,7 @@ class LanguageExperiment(ExperimentStages):
         from mlscale.evaluate.command import evaluate_run
 
         e = self.cfg.evaluate
-        sd = StageDir.open(self.out / "evaluate", "evaluate", to_dict(e),
-                           {"pretrain": output_fingerprint(self.out / "pretrain") or ""},
-                           force=mode == "restart")
+        sd = self.open_stage_dir("evaluate", to_dict(e), "pretrain", mode)
         if sd.complete:
             return
         result = evaluate_run(self.out / "pretrain", self.out / "tokenize", split=e.split,
@@ -136,9 +134,7 @@ class LanguageExperiment(ExperimentStages):
         from mlscale.evaluate.generate_command import generate_text
 
         g = self.cfg.generate
-        sd = StageDir.open(self.out / "generate", "generate", to_dict(g),
-                           {"pretrain": output_fingerprint(self.out / "pretrain") or ""},
-                           force=mode == "restart")
+        sd = self.open_stage_dir("generate", to_dict(g), "pretrain", mode)
         if sd.complete:
             return
         for i, prompt in enumerate(g.prompts):

@@ -12,7 +12,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from mlscale.experiment.plan import RunState, StageSpec
+from mlscale.artifacts import StageDir
+from mlscale.experiment.plan import RunState, StageSpec, output_fingerprint
 
 REPORT = "report.html"
 
@@ -48,3 +49,9 @@ class ExperimentStages(ABC):
         """{upstream: fingerprint of its finished output}, or None while it is unknown."""
         fp = state.output(upstream)
         return None if fp is None else {upstream: fp}
+
+    def open_stage_dir(self, stage: str, settings: dict[str, Any], upstream: str, mode: str) -> StageDir:
+        """OUT/<stage>/ for a stage the runner itself writes (no command of its own keeps
+        one), keyed by its settings and the fingerprint of `upstream`'s output."""
+        return StageDir.open(self.out / stage, stage, settings,
+                             {upstream: output_fingerprint(self.out / upstream) or ""}, force=mode == "restart")

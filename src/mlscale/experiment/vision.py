@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlscale.artifacts import StageDir, atomic_write_json, fingerprint_paths, read_json
+from mlscale.artifacts import atomic_write_json, fingerprint_paths, read_json
 from mlscale.config import to_dict
-from mlscale.experiment.plan import VISION_STAGES, RunState, output_fingerprint
+from mlscale.experiment.plan import VISION_STAGES, RunState
 from mlscale.experiment.stages import REPORT, ExperimentStages
 from mlscale.experiment.vision_config import VisionExperimentConfig, resolve_image_inputs
 
@@ -64,14 +64,12 @@ class VisionExperiment(ExperimentStages):
         from mlscale.tasks.classify import evaluate_classifier
 
         e = self.cfg.evaluate
-        sd = StageDir.open(self.out / "evaluate", "evaluate", to_dict(e),
-                           {"train": output_fingerprint(self.out / "train") or ""}, force=mode == "restart")
+        sd = self.open_stage_dir("evaluate", to_dict(e), "train", mode)
         if sd.complete:
             return
         result = evaluate_classifier(self.out / "train", self.out / "images", split=e.split, device=e.device)
+        write_classify_report(self.out / "train", result, self.out / "images")
         atomic_write_json(sd.path / PREDICTIONS, result.pop(PREDICTED))
-        write_classify_report(self.out / "train", {**result, PREDICTED: read_json(sd.path / PREDICTIONS)},
-                              self.out / "images")
         atomic_write_json(sd.path / "metrics.json", result)
         sd.write_manifest({"metrics": {k: result[k] for k in ("top1", "top5", "loss", "images", "step")}})
         print(f"evaluate ({e.split}, {result['images']:,} images): top1 {result['top1']:.4f}, "
