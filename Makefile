@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test,ray]"
+	# lightly: the reference of the SSL loss tests; --no-deps, as its torchvision would
+	# replace the CPU torch (the tests import its loss modules alone)
+	$(BIN)/pip install --quiet --no-deps "lightly==1.6.0"
 	touch $@
 
 run: venv

@@ -5,6 +5,10 @@ With no --data: the validation split of the token directory the run was trained 
 same tokenizer. --data FILE: a plain UTF-8 text file, encoded with the run's tokenizer.
 Every token is scored once, in non-overlapping windows of the model's context length.
 
+A self-supervised image run (simclr, dino, mae) prints the k-NN probe of its features;
+--probe knn|linear probes the frozen features of any image run (see
+mlscale.tasks.selfsup.evaluate).
+
 A run of an image classifier (`mlscale train --task classify`) prints top-1, top-5 and
 per-class accuracy and the confusion matrix on the val split (or --split) of the image
 directory it was trained on, or of --data DIR, and writes RUN/report.html.
@@ -28,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     parser.add_argument("--max-tokens", type=int, help="score only the first N tokens")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--probe", choices=("knn", "linear"),
+                        help="an image run (self-supervised or classifier): probe its frozen features "
+                        "instead; knn = weighted k-NN (k=20, T=0.07, cosine) with the train split as "
+                        "bank, linear = BatchNorm + linear layer trained on the train split's features; "
+                        "prints knn_top1 or linear_top1 on --split")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -35,6 +44,13 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise ConfigError(f"mlscale evaluate takes no config overrides (got {' '.join(overrides)})")
+    if args.probe:
+        from mlscale.tasks.selfsup.evaluate import evaluate_features
+
+        result = evaluate_features(args.run_dir, args.data, args.probe, split=args.split, step=args.step,
+                                   device=args.device)
+        print(json.dumps(result, indent=2))
+        return 0
     result = evaluate_run(args.run_dir, args.data, split=args.split, step=args.step,
                           batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device)
     if "_predicted" in result:  # a classifier: its run report, from the per-image predictions

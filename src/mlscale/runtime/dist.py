@@ -102,3 +102,46 @@ def barrier(env: DistEnv) -> None:
     """Wait for every rank (a no-op on one process)."""
     if env.distributed:
         dist.barrier()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0 whose backward hands each rank the sum, over ranks, of the
+    gradient of its own rows (what a loss over the gathered batch sends back to them)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group: object) -> Tensor:  # type: ignore[override]
+        ctx.group, ctx.rows = group, x.shape[0]
+        ctx.rank = dist.get_rank(group)
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None
+
+
+def dp_group(env: DistEnv) -> object | None:
+    """The process group of this rank's data-parallel peers (None on one process)."""
+    if not env.distributed:
+        return None
+    return env.mesh["dp"].get_group()  # type: ignore[index]
+
+
+def gather_with_grad(x: Tensor, env: DistEnv) -> Tensor:
+    """The rows of x [n, ...] of every data-parallel rank, rank order, [dp * n, ...], with
+    gradients flowing back to each rank's own rows (SimCLR's global negatives)."""
+    if env.dp_size == 1:
+        return x
+    return _GatherWithGrad.apply(x, dp_group(env))
+
+
+def mean_over_dp_tensor(x: Tensor, env: DistEnv) -> Tensor:
+    """The element-wise mean of x over the data-parallel ranks, no gradient (DINO's center)."""
+    if env.dp_size == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x, op=dist.ReduceOp.SUM, group=dp_group(env))
+    return x / env.dp_size

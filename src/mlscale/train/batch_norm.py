@@ -51,17 +51,19 @@ class _GlobalBatchNorm:
             return super().forward(x)  # type: ignore[misc]
         C = x.shape[1]
         dims = [0, *range(2, x.dim())]
-        local = torch.cat([x.sum(dims), (x * x).sum(dims), x.new_full((1,), x.numel() // C)])
+        local = torch.cat([x.sum(dims), x.new_full((1,), x.numel() // C)])
         total = _SumOverRanks.apply(local, self.group)
         n = total[-1]
         mean = total[:C] / n
-        var = (total[C:2 * C] / n - mean * mean).clamp_min(0)
+        shape = (1, C) + (1,) * (x.dim() - 2)
+        # a second pass for the variance: E[x^2] - mean^2 loses digits when the mean is
+        # large next to the spread (e.g. after a linear layer without bias)
+        var = _SumOverRanks.apply(((x - mean.view(shape)) ** 2).sum(dims), self.group) / n
         with torch.no_grad():
             m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked + 1)
             bn.running_mean.lerp_(mean, m)
             bn.running_var.lerp_(var * n / (n - 1).clamp_min(1), m)  # unbiased, as BatchNorm keeps it
             bn.num_batches_tracked.add_(1)
-        shape = (1, C) + (1,) * (x.dim() - 2)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
         return y * bn.weight.view(shape) + bn.bias.view(shape) if bn.affine else y
 

@@ -37,6 +37,8 @@ class TrainConfig:
                                    min=0.0, max=1.0)
     weight_decay: float = option(0.1, "AdamW decoupled weight decay on 2-D weights (biases and "
                                  "norm gains are not decayed)", min=0.0)
+    weight_decay_end: float = option(-1.0, "weight decay at the last step, reached by half a cosine "
+                                     "from train.weight_decay (DINO: 0.04 -> 0.4); -1 = constant")
     beta1: float = option(0.9, "AdamW beta1", min=0.0, max=1.0)
     beta2: float = option(0.95, "AdamW beta2", min=0.0, max=1.0)
     eps: float = option(1e-8, "AdamW epsilon", min=0.0)

@@ -28,8 +28,8 @@ def parameter_groups(model: nn.Module, weight_decay: float,
         skip = no_weight_decay(name, p) if no_weight_decay is not None else p.dim() < 2
         (no_decay if skip else decay).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "decays": True},
+        {"params": no_decay, "weight_decay": 0.0, "decays": False},
     ]
 
 

@@ -1,4 +1,5 @@
-"""Learning-rate schedules: linear warmup, then cosine, warmup-stable-decay, linear or constant."""
+"""Learning-rate schedules (linear warmup, then cosine, warmup-stable-decay, linear or constant)
+and the weight-decay schedule."""
 from __future__ import annotations
 
 import math
@@ -37,3 +38,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "cosine":
         return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def wd_at(step: int, cfg: TrainConfig) -> float:
+    """Weight decay of optimizer step `step` (0-based) when `weight_decay_end` is set: half a
+    cosine from `weight_decay` to `weight_decay_end` over the run (DINO's 0.04 -> 0.4)."""
+    progress = step / max(cfg.max_steps - 1, 1)
+    return cfg.weight_decay_end + 0.5 * (cfg.weight_decay - cfg.weight_decay_end) * (1 + math.cos(math.pi * progress))

@@ -4,7 +4,8 @@ The trainer runs any task on any model family. Per optimizer step it asks the ta
 `grad_accum` micro-batches (`batch`), their loss and metrics (`loss`) and how many units
 (tokens, images) each holds (`units`); it evaluates through `evaluate`, stores the task's
 own state in checkpoints (`state_dict` / `load_state_dict`) and calls `after_step` after
-every update (an EMA teacher, EMA weights). Everything else — optimizer and schedule,
+every update (an EMA teacher, EMA weights), and `before_update` between the gradients
+and the update. Everything else — optimizer and schedule,
 accumulation, clipping, the non-finite guard, logging, checkpoints with exact resume,
 parallelism — is the trainer's and the same for every task.
 
@@ -30,7 +31,9 @@ from mlscale.runtime import Runtime
 
 # tasks that ship with mlscale: name -> module that registers it on import
 SHIPPED: dict[str, str] = {"lm": "mlscale.tasks.lm", "classify": "mlscale.tasks.classify",
-                           "sft": "mlscale.finetune.sft", "dpo": "mlscale.finetune.dpo"}
+                           "sft": "mlscale.finetune.sft", "dpo": "mlscale.finetune.dpo",
+                           "simclr": "mlscale.tasks.selfsup.simclr", "dino": "mlscale.tasks.selfsup.dino",
+                           "mae": "mlscale.tasks.selfsup.mae"}
 
 
 class Task(ABC):
@@ -104,6 +107,11 @@ class Task(ABC):
     def flops_per_unit(self, model: nn.Module) -> float:
         """Training FLOPs per unit, from the family (active parameters only)."""
         return float(self.family.flops_per_sample(self.cfg.model, model))
+
+    def before_update(self, model: nn.Module, step: int) -> None:
+        """Between the backward pass and the update of step `step` (1-based), after the
+        gradient norm is measured: e.g. drop the gradients of parameters held frozen for
+        a while (DINO's last layer in the first epoch)."""
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """After the update of step `step` (1-based): EMA weights, a teacher, a center."""

@@ -41,7 +41,7 @@ from mlscale.train.checkpoint import (CHECKPOINTS, CONFIG, METRICS, check_compat
                                       save_checkpoint, set_rng_state, write_checkpoint_dir)
 from mlscale.train.metrics import MetricsLog, read_metrics, step_line
 from mlscale.train.optimizer import build_optimizer
-from mlscale.train.schedule import lr_at
+from mlscale.train.schedule import lr_at, wd_at
 from mlscale.train.task import Task
 
 UNIT_ABBREVIATIONS = {"token": "tok", "image": "img", "sample": "samples"}
@@ -123,9 +123,10 @@ def compute_gradients(model: nn.Module, task: Task, step: int, grad_accum: int,
 
 
 def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, grad_norm: float,
-                 lr: float, grad_clip: float) -> bool:
-    """Clip the gradients to `grad_clip` (by the norm already measured) and step AdamW.
-    Returns whether it clipped."""
+                 lr: float, grad_clip: float, weight_decay: float | None = None) -> bool:
+    """Clip the gradients to `grad_clip` (by the norm already measured) and step AdamW;
+    `weight_decay` (a scheduled value) replaces the decayed groups' decay. Returns whether
+    it clipped."""
     from mlscale.train.parallel import scale_grads_
 
     clipped = grad_clip > 0 and grad_norm > grad_clip
@@ -133,6 +134,8 @@ def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, grad_norm: 
         scale_grads_(model.parameters(), grad_clip / (grad_norm + 1e-6))
     for group in optimizer.param_groups:
         group["lr"] = lr
+        if weight_decay is not None and group.get("decays", group["weight_decay"] > 0):
+            group["weight_decay"] = weight_decay
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return clipped
@@ -383,7 +386,9 @@ class Trainer:
         result = compute_gradients(self.train_model, task, step, t.grad_accum, self.batches)
         if not result.finite:
             raise self.diverged(done, result, lr)
-        clipped = apply_update(self.model, self.optimizer, result.grad_norm, lr, t.grad_clip)
+        task.before_update(self.model, done)
+        wd = wd_at(step, t) if t.weight_decay_end >= 0 else None
+        clipped = apply_update(self.model, self.optimizer, result.grad_norm, lr, t.grad_clip, wd)
         task.after_step(self.model, done)
         # no device sync here: compute_gradients already waits for the loss each step, so
         # in steady state the wall time between steps is the step time

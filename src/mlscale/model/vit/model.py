@@ -186,13 +186,16 @@ class ViT(nn.Module):
             x = block(x)
         return x
 
-    def embed(self, images: Tensor) -> Tensor:
+    def embed(self, images: Tensor, keep: Tensor | None = None) -> Tensor:
         """The tokens before the first block: patches with positions, after the class
-        token and registers."""
+        token and registers. With `keep` [B, K] (patch indices), only those patches go
+        in: MAE's encoder sees the visible patches alone."""
         B, _, H, W = images.shape
         p = self.cfg.patch_size
         x = self.patch_embed(images)
         x = x + self.patch_positions((H // p, W // p), x)
+        if keep is not None:
+            x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         prefix = []
         if self.cls_token is not None:
             cls = self.cls_token if self.pos_embed is None else self.cls_token + self.pos_embed[:, :1]

@@ -1,0 +1,90 @@
+"""SimCLR (Chen et al. 2020): two augmented views of each image must find each other.
+
+Every image of the micro-batch gets two views (random resized crop from 8% of the area,
+jitter, grey, blur, flips: views.py); backbone -> projection head -> NT-Xent with a
+temperature, whose negatives are all other views of the global batch (under data
+parallelism the projections of every rank are gathered with their gradients). The
+backbone's features, not the projections, are what the run keeps.
+
+    mlscale train --task simclr --data IMAGES --out RUN
+    mlscale train --preset simclr-fashion-mnist --data fm --out RUN
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mlscale.config import option
+from mlscale.model.registry import family_of
+from mlscale.runtime.device import autocast
+from mlscale.tasks.selfsup import views
+from mlscale.tasks.selfsup.base import (MonitorOptions, SelfSupervised, backbone_config, default_backbone,
+                                        feature_dim, spread)
+from mlscale.tasks.selfsup.collapse import CollapseOptions
+from mlscale.tasks.selfsup.heads import Pretraining, ProjectionHead
+from mlscale.tasks.selfsup.losses import nt_xent
+from mlscale.train.config import ImageDataConfig, ParallelConfig, TrainConfig, model_config_class
+from mlscale.train.data import data_config_class
+from mlscale.train.task import register_task
+
+
+@dataclass
+class SimCLROptions:
+    temperature: float = option(0.5, "NT-Xent temperature (lightly's default; the paper uses 0.1 "
+                                "with batches of thousands)", min=1e-4)
+    hidden: int = option(0, "projection head's hidden width; 0 = the backbone's feature width", min=0)
+    out_dim: int = option(128, "projection width (where the loss is computed)", min=1)
+
+
+@dataclass
+class SimCLRConfig:
+    """Everything `mlscale train --task simclr` is configured by; saved as RUN/config.json."""
+
+    model: Any = option(default_factory=default_backbone, help="backbone family and shape (model.num_classes "
+                        "is ignored: pretraining has no classifier)", select=("family", model_config_class))
+    data: Any = option(default_factory=ImageDataConfig, help="the training images (labels are not read)",
+                       select=("kind", data_config_class))
+    simclr: SimCLROptions = option(default_factory=SimCLROptions, help="head and loss")
+    views: views.ViewSpec = option(default_factory=views.ViewSpec, help="how both views of an image are made")
+    monitor: MonitorOptions = option(default_factory=MonitorOptions, help="the k-NN probe during training")
+    collapse: CollapseOptions = option(default_factory=CollapseOptions, help="collapse detection")
+    train: TrainConfig = option(default_factory=TrainConfig, help="optimisation")
+    parallel: ParallelConfig = option(default_factory=ParallelConfig, help="data parallelism across ranks")
+
+
+@register_task
+class SimCLR(SelfSupervised):
+    """NT-Xent between the projections of two views of each image."""
+
+    name = "simclr"
+    config_cls = SimCLRConfig
+    views_per_image = 2
+
+    @classmethod
+    def build_network(cls, cfg: SimCLRConfig) -> nn.Module:
+        backbone = family_of(cfg.model).build(backbone_config(cfg.model))
+        width = feature_dim(cfg.model)
+        head = ProjectionHead(width, cfg.simclr.hidden or width, cfg.simclr.out_dim)
+        return Pretraining(backbone, head)
+
+    def batch(self, index: int) -> dict[str, Any]:
+        """Two views of each of this rank's images; every draw made for the global batch."""
+        rows, mine, rng = self.rows(index)
+        H, W, _ = self.images.shape
+        params = [views.draw(self.cfg.views, len(rows), H, W, rng).take(mine) for _ in range(2)]
+        pixels = self.pixels(rows[mine])
+        return {"views": [views.render(pixels, p, self.cfg.views, self.mean, self.std, self.runtime.device)
+                          for p in params]}
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        n = batch["views"][0].shape[0]
+        with autocast(self.runtime.device, self.runtime.dtype):
+            h, z = model(batch["views"])
+        z = z.float()
+        loss = nt_xent(z[:n], z[n:], self.cfg.simclr.temperature, self.runtime.env)
+        with torch.no_grad():
+            pair_cos = torch.nn.functional.cosine_similarity(z[:n], z[n:]).mean()
+        return loss, {**self.keep_stats(spread=spread(h[:n])), "positive_cosine": float(pair_cos)}
