@@ -7,7 +7,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: venv run test bench bench-vision bench-gpu clean
+.PHONY: venv run test bench bench-vision bench-ssl bench-gpu clean
 
 venv: $(VENV)/.installed
 
@@ -36,18 +36,21 @@ bench: venv
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_dedup.py
 
-# timm imports torchvision, which does not load beside the CPU torch wheel: its own venv
-# with the CUDA torch/torchvision pair (it runs on the CPU too)
+# timm and lightly import torchvision, which does not load beside the CPU torch wheel: their
+# own venv with the CUDA torch/torchvision pair (it runs on the CPU too)
 TIMM_VENV = .bench/venv-timm
 $(TIMM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TIMM_VENV)
 	$(TIMM_VENV)/bin/pip install --quiet --upgrade pip
 	$(TIMM_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(TIMM_VENV)/bin/pip install --quiet timm -e .
+	$(TIMM_VENV)/bin/pip install --quiet timm "lightly==1.6.0" -e .
 	touch $@
 
 bench-vision: $(TIMM_VENV)/.installed
 	$(TIMM_VENV)/bin/python benchmarks/bench_vision.py
+
+bench-ssl: $(TIMM_VENV)/.installed
+	$(TIMM_VENV)/bin/python benchmarks/bench_ssl.py
 
 bench-gpu: venv  # on a CUDA machine (install its torch with `make TORCH=torch venv`)
 	$(BIN)/python benchmarks/bench_train.py --gpu

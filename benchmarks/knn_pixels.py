@@ -4,7 +4,9 @@ Reads the train and val splits of an `mlscale images` output and classifies ever
 image by the labels of its k nearest train images (Euclidean distance on pixels scaled
 to [0, 1], majority vote, ties to the nearest). Fashion-MNIST's own benchmark table puts
 this at 85-86%; a trained model that does not beat it has learnt nothing pixels don't
-already say.
+already say. It also prints the floor of the self-supervised probes: the weighted k-NN
+rule of `mlscale evaluate --probe knn` (DINO's: cosine similarity, k = 20, votes weighted
+by exp(similarity / 0.07)) on the same raw pixels.
 
     python benchmarks/knn_pixels.py fm            # after `mlscale images ... --out fm`
     python benchmarks/knn_pixels.py fm --k 1 5 10
@@ -51,7 +53,11 @@ def main() -> None:
          for s in ("train", "val")}
     y = {s: torch.from_numpy(data.split(s).labels) for s in ("train", "val")}
     top1 = knn_top1(x["train"], y["train"], x["val"], y["val"], args.k)
+    from mlscale.tasks.selfsup.probe import knn_top1 as weighted_knn_top1
+
+    weighted = weighted_knn_top1(x["train"], y["train"], x["val"], y["val"], data.num_classes)
     print(json.dumps({"knn_raw_pixels_top1": {f"k={k}": round(v, 4) for k, v in top1.items()},
+                      "weighted_knn_raw_pixels_top1": round(weighted, 4),
                       "train_images": len(x["train"]), "val_images": len(x["val"]),
                       "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
 

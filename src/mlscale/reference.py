@@ -23,6 +23,9 @@ STAGE_CONFIGS = [
     ("finetune", "mlscale.finetune.config:FinetuneConfig"),
     ("images", "mlscale.images.config:ImagesConfig"),
     ("train --task classify", "mlscale.tasks.classify:ClassifyConfig"),
+    ("train --task simclr", "mlscale.tasks.selfsup.simclr:SimCLRConfig"),
+    ("train --task dino", "mlscale.tasks.selfsup.dino:DINOConfig"),
+    ("train --task mae", "mlscale.tasks.selfsup.mae:MAEConfig"),
 ]
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 

@@ -44,11 +44,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise ConfigError(f"mlscale evaluate takes no config overrides (got {' '.join(overrides)})")
-    if args.probe:
+    selfsup = (Path(args.run_dir) / "selfsup.json").is_file()
+    if args.probe or selfsup:
         from mlscale.tasks.selfsup.evaluate import evaluate_features
 
-        result = evaluate_features(args.run_dir, args.data, args.probe, split=args.split, step=args.step,
+        result = evaluate_features(args.run_dir, args.data, args.probe or "knn", split=args.split, step=args.step,
                                    device=args.device)
+        if selfsup:  # its run report: training curves, collapse watch, attention maps or reconstructions
+            from mlscale.report.selfsup_report import write_selfsup_report
+
+            print(f"report: {write_selfsup_report(args.run_dir, result, args.data)}", file=sys.stderr)
         print(json.dumps(result, indent=2))
         return 0
     result = evaluate_run(args.run_dir, args.data, split=args.split, step=args.step,

@@ -70,6 +70,10 @@ def test_each_method_trains_logs_its_statistics_and_its_features_can_be_probed(t
     result = json.loads(capsys.readouterr().out)
     assert result["probe"] == "knn" and result["k"] == 20 and result["images"] == 1000
     assert 0.3 < result["knn_top1"] <= 1  # chance is 0.1
+    report = (run / "report.html").read_text()  # written by evaluate, with the method's own figures
+    own = {"simclr": [], "dino": ["<h2>Attention maps</h2>"], "mae": ["<h2>Reconstructions</h2>"]}[task]
+    assert all(h in report for h in ["<h2>Training</h2>", "k-NN probe during training", *own])
+    assert report.count('<img src="data:image/png;base64,') == 4 + len(own)
     assert main(["evaluate", str(run), "--probe", "linear"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0.3 < result["linear_top1"] <= 1 and result["feature_dim"] == 32
@@ -144,3 +148,13 @@ def test_ddp_on_two_ranks_equals_one_process(task, images, tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, 11))
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5
     assert any(r["clipped"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if "clipped" in r)
+
+
+@pytest.mark.parametrize("preset", ["simclr-fashion-mnist", "dino-fashion-mnist", "mae-fashion-mnist"])
+def test_each_preset_runs_as_shipped(preset, images, tmp_path):
+    run = tmp_path / preset
+    assert main(["train", "--preset", preset, "--data", str(images), "--out", str(run), "--train.max_steps=2",
+                 "--train.batch_size=16", "--train.warmup_steps=1", "--train.threads=1", "--monitor.knn_bank=300",
+                 "--monitor.knn_queries=100"]) == 0
+    assert sorted(curve(run)) == [1, 2]
+    assert json.loads((run / "selfsup.json").read_text())["method"] == preset.split("-")[0]

@@ -175,9 +175,7 @@ class SelfSupervised(Task):
 
         if self.val_split is None or int(np.min(self.train_split.labels)) < 0:
             return {}
-        m = self.cfg.monitor
-        bank_rows = _first(len(self.train_split), m.knn_bank, self.cfg.train.seed)
-        query_rows = _first(len(self.val_split), m.knn_queries, self.cfg.train.seed + 1)
+        bank_rows, query_rows = monitor_rows(self.cfg, len(self.train_split), len(self.val_split))
         backbone = self.evaluated_backbone(unwrap_model(model))
         bank = probe.features(backbone, self.train_split.images[bank_rows], self.mean, self.std, self.runtime)
         queries = probe.features(backbone, self.val_split.images[query_rows], self.mean, self.std, self.runtime)
@@ -202,6 +200,12 @@ class SelfSupervised(Task):
         return evaluate_features(run_dir, data, "knn", split, step, device)
 
 
+def monitor_rows(cfg: Any, n_train: int, n_val: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows of the k-NN bank, val rows it classifies) of the probe during training."""
+    m, seed = cfg.monitor, cfg.train.seed
+    return _first(n_train, m.knn_bank, seed), _first(n_val, m.knn_queries, seed + 1)
+
+
 def _first(n: int, limit: int, seed: int) -> np.ndarray:
     """A fixed random subset of `limit` of n rows (all when limit is 0 or n), sorted."""
     if limit == 0 or limit >= n:
@@ -209,13 +213,13 @@ def _first(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
-def load_pretrained(run_dir: Path, step: int | None = None, device: Any = "cpu") -> Any:
-    """The backbone of a self-supervised run (DINO: the teacher's weights), eval mode, as a
-    `LoadedRun` with `.preprocess` (mean, std, shape) and `.classes`."""
+def load_network(run_dir: Path, step: int | None = None) -> tuple[type, Any, nn.Module, dict[str, Any], int]:
+    """(task class, config, the whole trained network in eval mode, RUN/selfsup.json,
+    checkpoint step) of a self-supervised run; DINO's network holds the teacher's weights."""
     from safetensors.torch import load_file
 
     from mlscale.config import from_dict
-    from mlscale.train.checkpoint import CONFIG, LoadedRun, checkpoint_step, list_checkpoints, load_checkpoint
+    from mlscale.train.checkpoint import CONFIG, checkpoint_step, list_checkpoints, load_checkpoint
 
     run_dir = Path(run_dir)
     marker = read_json(run_dir / MARKER)
@@ -233,8 +237,18 @@ def load_pretrained(run_dir: Path, step: int | None = None, device: Any = "cpu")
         teacher = {k[len("teacher."):]: v for k, v in load_file(str(extra)).items() if k.startswith("teacher.")}
         if teacher:
             network.load_state_dict(teacher)
+    return cls, cfg, network.eval(), marker, checkpoint_step(ckpt)
+
+
+def load_pretrained(run_dir: Path, step: int | None = None, device: Any = "cpu") -> Any:
+    """The backbone of a self-supervised run (DINO: the teacher's weights), eval mode, as a
+    `LoadedRun` with `.preprocess` (mean, std, shape) and `.classes`."""
+    from mlscale.train.checkpoint import CHECKPOINTS, LoadedRun, checkpoint_name
+
+    _, cfg, network, marker, at = load_network(run_dir, step)
+    path = Path(run_dir) / CHECKPOINTS / checkpoint_name(at)
     loaded = LoadedRun(model=network.backbone.to(device).eval(), config=cfg, tokenizer=None,
-                       step=checkpoint_step(ckpt), path=ckpt, run_dir=run_dir)
+                       step=at, path=path, run_dir=Path(run_dir))
     loaded.preprocess = marker  # type: ignore[attr-defined]
     loaded.classes = marker["classes"]  # type: ignore[attr-defined]
     return loaded

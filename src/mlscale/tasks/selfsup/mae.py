@@ -109,24 +109,31 @@ class MAE(SelfSupervised):
         pooled = latent[:, 0] if self.cfg.model.pool == "cls" else latent[:, self.cfg.model.prefix_tokens:].mean(1)
         return loss, self.keep_stats(spread=spread(pooled))
 
-    @torch.no_grad()
-    def reconstruct(self, model: nn.Module, images: np.ndarray, seed: int = 0) -> dict[str, Tensor]:
-        """(input, masked input, reconstruction) of uint8 images [n, H, W, C], in [0, 1]
-        pixels: the report's figure. Visible patches are shown as they were."""
-        from mlscale.tasks import augment
-        from mlscale.tasks.selfsup.losses import patchify, unpatchify
 
-        x = augment.to_float(images, self.mean, self.std, self.runtime.device)
-        noise = torch.as_tensor(np.random.default_rng(seed).random((len(x), self.cfg.model.grid ** 2)),
-                                dtype=torch.float32, device=x.device)
-        keep, mask, restore = random_masking(noise, self.cfg.mae.mask_ratio)
-        _, pred = model(x, keep, restore)
-        target = patchify(x, self.cfg.model.patch_size)
-        if self.cfg.mae.norm_pix_loss:  # back to pixels with each patch's own statistics
-            pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
-        p, C, H = self.cfg.model.patch_size, x.shape[1], x.shape[2]
-        m = mask.unsqueeze(-1)
-        to_pixels = lambda t: (unpatchify(t, p, C, H, H) * torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-                               + torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)).clamp(0, 1)
-        return {"input": to_pixels(target), "masked": to_pixels(target * (1 - m)),
-                "reconstruction": to_pixels(target * (1 - m) + pred * m)}
+@torch.no_grad()
+def reconstruct(network: nn.Module, images: np.ndarray, cfg: MAEConfig, mean: list[float], std: list[float],
+                seed: int = 0) -> dict[str, Tensor]:
+    """Input, masked input and reconstruction [n, C, H, W] in [0, 1] pixels of uint8 images
+    [n, H, W, C] under a seeded masking: the report's figure. The visible patches are
+    shown as they were; the masked ones as predicted (with each patch's own mean and
+    spread put back when the targets were normalised per patch)."""
+    from mlscale.tasks import augment
+    from mlscale.tasks.selfsup.losses import patchify, unpatchify
+
+    x = augment.to_float(images, mean, std, next(network.parameters()).device)
+    noise = torch.as_tensor(np.random.default_rng(seed).random((len(x), cfg.model.grid ** 2)),
+                            dtype=torch.float32, device=x.device)
+    keep, mask, restore = random_masking(noise, cfg.mae.mask_ratio)
+    _, pred = network(x, keep, restore)
+    target = patchify(x, cfg.model.patch_size)
+    if cfg.mae.norm_pix_loss:
+        pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+    m = mask.unsqueeze(-1)
+    m_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+
+    def pixels(patches: Tensor) -> Tensor:
+        return (unpatchify(patches, cfg.model.patch_size, x.shape[1], x.shape[2], x.shape[3]) * s_t + m_t).clamp(0, 1)
+
+    return {"input": pixels(target), "masked": pixels(target * (1 - m)),
+            "reconstruction": pixels(target * (1 - m) + pred * m)}

@@ -94,3 +94,14 @@ def linear_probe(train: Tensor, train_labels: Tensor, val: Tensor, val_labels: T
         val_top1 = float((probe(val).argmax(1) == val_labels).float().mean())
         train_top1 = float((probe(train).argmax(1) == train_labels).float().mean())
     return {"linear_top1": val_top1, "linear_train_top1": train_top1}
+
+
+def pixel_knn_top1(bank_images: Any, bank_labels: Any, query_images: Any, query_labels: Any,
+                   num_classes: int, k: int = KNN_K, temperature: float = KNN_TEMPERATURE) -> float:
+    """The same k-NN rule on raw pixels (uint8 [N, H, W, C] flattened): the floor a
+    feature extractor has to beat."""
+    def flat(x: Any) -> Tensor:
+        return torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(len(x), -1) / 255)
+
+    return knn_top1(flat(bank_images), torch.as_tensor(np.asarray(bank_labels)), flat(query_images),
+                    torch.as_tensor(np.asarray(query_labels)), num_classes, k, temperature)
