@@ -43,3 +43,17 @@ def test_build_optimizer_settings_and_decay_effect():
     opt.step()
     assert torch.allclose(model.blocks[0].attn.q_proj.weight, before_q * (1 - 1e-2 * 0.5))
     assert torch.equal(model.norm.weight, before_g)
+
+
+def test_weight_decay_schedule_reaches_its_end_and_moves_only_the_decayed_group():
+    from mlscale.train.schedule import wd_at
+    from mlscale.train.trainer import apply_update
+
+    cfg = TrainConfig(weight_decay=0.04, weight_decay_end=0.4, max_steps=11)
+    assert abs(wd_at(0, cfg) - 0.04) < 1e-12 and abs(wd_at(10, cfg) - 0.4) < 1e-12
+    assert abs(wd_at(5, cfg) - 0.22) < 1e-12  # half way on the cosine
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer(model, cfg)
+    model(torch.randn(4, 3)).sum().backward()
+    apply_update(model, opt, grad_norm=1.0, lr=1e-3, grad_clip=0.0, weight_decay=wd_at(10, cfg))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.4, 0.0]
