@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from mlscale.cli import main
 from mlscale.data import fashion_mnist_sample
 from mlscale.train.metrics import read_metrics
+from torchrun_helpers import run_one, run_ranks
 
 TINY = ["--model.d_model=32", "--model.n_layer=2", "--model.n_head=2", "--model.patch_size=7",
         "--train.batch_size=32", "--train.warmup_steps=3", "--train.lr=3e-3", "--train.min_lr=3e-4",
@@ -93,19 +93,12 @@ def test_a_killed_run_resumes_its_exact_curve(images, tmp_path):
 
 
 def test_ddp_on_two_ranks_equals_one_process(images, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     extra = ("--classify.mixup=0.8", "--train.grad_clip=0.5", *CONV_STEM)
     one = command(images, tmp_path / "one", 20, *extra)
     two = command(images, tmp_path / "two", 20, *extra)
     two[two.index("--train.batch_size=32")] = "--train.batch_size=16"
-    subprocess.run([sys.executable, *one], env=env, check=True, capture_output=True, timeout=300)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master_port={port}", "--master_addr=127.0.0.1", *two],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_one(one)
+    run_ranks(two)
     a, b = curve(tmp_path / "one"), curve(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(1, 21))
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5

@@ -17,8 +17,8 @@ import numpy as np
 from mlscale.artifacts import atomic_write_text, read_json
 from mlscale.config import to_dict
 from mlscale.html import Page, escape, figure_to_data_uri, image, table
-from mlscale.report.run_report import (_EXTRA_STYLE, _IMAGE_CHECK, _axes, _cards, _config_section, _fmt,
-                                       _smooth, loss_figure, throughput_figure)
+from mlscale.report.run_report import (_axes, _cards, _config_section, _fmt,
+                                       _smooth, loss_figure, render_report, throughput_figure)
 
 WORST_PAIRS = 5
 EXAMPLES = 8
@@ -196,8 +196,7 @@ def build_classify_report(run_dir: str | Path, result: dict[str, Any], data_dir:
     if config_path.is_file():
         config = read_json(config_path)
         page.section("Configuration", _config_section(config, _defaults(config)))
-    html = page.render()
-    return html.replace("</head>", _EXTRA_STYLE + "</head>", 1).replace("</body>", _IMAGE_CHECK + "</body>", 1)
+    return render_report(page)
 
 
 def write_classify_report(run_dir: str | Path, result: dict[str, Any], data_dir: str | Path | None = None) -> Path:

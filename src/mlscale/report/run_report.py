@@ -39,6 +39,12 @@ pre.config { background: #f7f7f9; border: 1px solid #e3e3e8; padding: 0.6em; fon
 </style>"""
 
 
+def render_report(page: Page) -> str:
+    """A report page's HTML with the report styles and the image-load check added."""
+    html = page.render()
+    return html.replace("</head>", _EXTRA_STYLE + "</head>", 1).replace("</body>", _IMAGE_CHECK + "</body>", 1)
+
+
 def _read(path: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
@@ -344,8 +350,7 @@ def build_run_report(out: str | Path, cfg: Any, stages: Sequence[str], defaults:
             page.section(title, body)
     page.section("Configuration", _config_section(config, defaults))
     page.section("Environment", _environment_section(out, stages))
-    html = page.render()
-    return html.replace("</head>", _EXTRA_STYLE + "</head>", 1).replace("</body>", _IMAGE_CHECK + "</body>", 1)
+    return render_report(page)
 
 
 def write_run_report(out: str | Path, cfg: Any, stages: Sequence[str], defaults: dict[str, Any]) -> Path:

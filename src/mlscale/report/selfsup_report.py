@@ -17,8 +17,8 @@ import torch
 from mlscale.artifacts import atomic_write_text, read_json
 from mlscale.config import to_dict
 from mlscale.html import Page, escape, figure_to_data_uri, image
-from mlscale.report.run_report import (_EXTRA_STYLE, _IMAGE_CHECK, _axes, _cards, _config_section, _fmt,
-                                       _smooth, loss_figure, throughput_figure)
+from mlscale.report.run_report import (_axes, _cards, _config_section, _fmt,
+                                       _smooth, loss_figure, render_report, throughput_figure)
 
 EXAMPLES = 6
 
@@ -173,8 +173,7 @@ def build_selfsup_report(run_dir: str | Path, result: dict[str, Any], data_dir: 
         if cls.name == "mae":
             page.section("Reconstructions", reconstruction_section(network, cfg, marker, np.asarray(examples)))
     page.section("Configuration", _config_section(read_json(run_dir / "config.json"), to_dict(cls.config_cls())))
-    html = page.render()
-    return html.replace("</head>", _EXTRA_STYLE + "</head>", 1).replace("</body>", _IMAGE_CHECK + "</body>", 1)
+    return render_report(page)
 
 
 def write_selfsup_report(run_dir: str | Path, result: dict[str, Any], data_dir: str | Path | None = None) -> Path:

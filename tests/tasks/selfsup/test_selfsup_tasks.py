@@ -6,11 +6,7 @@ continues the exact curve, and 2 DDP ranks equal one process."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +16,7 @@ from safetensors.torch import load_file
 from mlscale.cli import main
 from mlscale.data import fashion_mnist_sample
 from mlscale.train.metrics import read_metrics
+from torchrun_helpers import run_one, run_ranks
 
 TINY = ["--model.d_model=32", "--model.n_layer=2", "--model.n_head=2", "--model.patch_size=7",
         "--train.batch_size=32", "--train.warmup_steps=3", "--train.lr=2e-3", "--train.min_lr=1e-4",
@@ -127,23 +124,14 @@ def test_a_resumed_dino_run_continues_the_exact_curve(images, tmp_path):
 
 @pytest.mark.parametrize("task", ["simclr", "dino"])
 def test_ddp_on_two_ranks_equals_one_process(task, images, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # DINO with the BatchNorm conv stem (statistics over the global batch); SimCLR with the
     # head's BatchNorm alone and a gentler lr: its loss amplifies float rounding (the
     # order of sums differs across ranks) more than the 1e-5 allow with the stem's too
     stem = ("--train.grad_clip=0.5",) + (
         ("--model.stem=conv", "--model.patch_size=4", "--model.stem_width=8", "--local_views.size=12")
         if task == "dino" else ("--train.lr=5e-4",))
-    one = ["-m", "mlscale", *command(task, images, tmp_path / "one", 10, *stem)]
-    two = ["-m", "mlscale", *command(task, images, tmp_path / "two", 10, *stem, "--train.batch_size=16")]
-    subprocess.run([sys.executable, *one], env=env, check=True, capture_output=True, timeout=300)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master_port={port}", "--master_addr=127.0.0.1", *two],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_one(["-m", "mlscale", *command(task, images, tmp_path / "one", 10, *stem)])
+    run_ranks(["-m", "mlscale", *command(task, images, tmp_path / "two", 10, *stem, "--train.batch_size=16")])
     a, b = curve(tmp_path / "one"), curve(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(1, 11))
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5

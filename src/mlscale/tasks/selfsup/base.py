@@ -34,6 +34,9 @@ from mlscale.runtime.dist import mean_over_dp_tensor
 from mlscale.tasks.classify import channel_stats
 from mlscale.tasks.selfsup import probe
 from mlscale.tasks.selfsup.collapse import CollapseOptions, CollapseWatch
+from mlscale.tasks.selfsup.views import ViewSpec
+from mlscale.train.config import ImageDataConfig, ParallelConfig, TrainConfig, model_config_class
+from mlscale.train.data import data_config_class
 from mlscale.train.task import Task, get_task
 
 MARKER = "selfsup.json"
@@ -46,6 +49,22 @@ class MonitorOptions:
     knn_queries: int = option(2000, "k-NN probe during training: val images it classifies; 0 = all", min=0)
 
 
+@dataclass
+class SelfSupervisedConfig:
+    """The sections every self-supervised task's config has; each method adds its own."""
+
+    model: Any = option(default_factory=lambda: default_backbone(), help="backbone family and shape "
+                        "(model.num_classes is ignored: pretraining has no classifier)",
+                        select=("family", model_config_class))
+    data: Any = option(default_factory=ImageDataConfig, help="the training images (labels are not read)",
+                       select=("kind", data_config_class))
+    views: ViewSpec = option(default_factory=ViewSpec, help="how the views of an image are made")
+    monitor: MonitorOptions = option(default_factory=MonitorOptions, help="the k-NN probe during training")
+    collapse: CollapseOptions = option(default_factory=CollapseOptions, help="collapse detection")
+    train: TrainConfig = option(default_factory=TrainConfig, help="optimisation")
+    parallel: ParallelConfig = option(default_factory=ParallelConfig, help="data parallelism across ranks")
+
+
 def spread(embeddings: Tensor) -> Tensor:
     """Mean per-dimension std of the L2-normalised embeddings [N, D], times sqrt(D)."""
     z = F.normalize(embeddings.detach().float(), dim=1)
@@ -54,8 +73,6 @@ def spread(embeddings: Tensor) -> Tensor:
 
 def default_backbone() -> Any:
     """The `model` section's default: a ViT."""
-    from mlscale.train.config import model_config_class
-
     return model_config_class("vit")()
 
 

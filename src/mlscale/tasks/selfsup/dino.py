@@ -28,14 +28,10 @@ from mlscale.config import option
 from mlscale.model.registry import family_of
 from mlscale.runtime.device import autocast
 from mlscale.tasks.selfsup import views
-from mlscale.tasks.selfsup.base import (MonitorOptions, SelfSupervised, backbone_config, default_backbone,
-                                        feature_dim, spread)
-from mlscale.tasks.selfsup.collapse import CollapseOptions
+from mlscale.tasks.selfsup.base import SelfSupervised, SelfSupervisedConfig, backbone_config, feature_dim, spread
 from mlscale.tasks.selfsup.heads import DINOHead, Pretraining
 from mlscale.tasks.selfsup.losses import (dino_loss, teacher_momentum, teacher_stats, teacher_temperature,
                                           update_center)
-from mlscale.train.config import ImageDataConfig, ParallelConfig, TrainConfig, model_config_class
-from mlscale.train.data import data_config_class
 from mlscale.train.task import register_task
 
 
@@ -67,22 +63,14 @@ def _local_views() -> views.ViewSpec:
 
 
 @dataclass
-class DINOConfig:
+class DINOConfig(SelfSupervisedConfig):
     """Everything `mlscale train --task dino` is configured by; saved as RUN/config.json."""
 
-    model: Any = option(default_factory=default_backbone, help="backbone family and shape (model.num_classes "
-                        "is ignored)", select=("family", model_config_class))
-    data: Any = option(default_factory=ImageDataConfig, help="the training images (labels are not read)",
-                       select=("kind", data_config_class))
-    dino: DINOOptions = option(default_factory=DINOOptions, help="head, teacher, centering, crops")
     views: views.ViewSpec = option(default_factory=_global_views, help="the two global crops (blur and "
                                    "solarisation: dino.first_blur, second_blur, second_solarize)")
+    dino: DINOOptions = option(default_factory=DINOOptions, help="head, teacher, centering, crops")
     local_views: views.ViewSpec = option(default_factory=_local_views, help="the local crops (size: a "
                                          "multiple of the patch)")
-    monitor: MonitorOptions = option(default_factory=MonitorOptions, help="the k-NN probe during training")
-    collapse: CollapseOptions = option(default_factory=CollapseOptions, help="collapse detection")
-    train: TrainConfig = option(default_factory=TrainConfig, help="optimisation")
-    parallel: ParallelConfig = option(default_factory=ParallelConfig, help="data parallelism across ranks")
 
 
 @register_task

@@ -24,11 +24,8 @@ from mlscale.errors import ConfigError
 from mlscale.model.registry import family_of
 from mlscale.runtime.device import autocast
 from mlscale.tasks.selfsup import views
-from mlscale.tasks.selfsup.base import MonitorOptions, SelfSupervised, backbone_config, default_backbone, spread
-from mlscale.tasks.selfsup.collapse import CollapseOptions
+from mlscale.tasks.selfsup.base import SelfSupervised, SelfSupervisedConfig, backbone_config, spread
 from mlscale.tasks.selfsup.losses import mae_loss, random_masking
-from mlscale.train.config import ImageDataConfig, ParallelConfig, TrainConfig, model_config_class
-from mlscale.train.data import data_config_class
 from mlscale.train.task import register_task
 
 
@@ -47,19 +44,12 @@ def _mae_views() -> views.ViewSpec:
 
 
 @dataclass
-class MAEConfig:
-    """Everything `mlscale train --task mae` is configured by; saved as RUN/config.json."""
+class MAEConfig(SelfSupervisedConfig):
+    """Everything `mlscale train --task mae` is configured by (model: a ViT with model.stem =
+    patch); saved as RUN/config.json."""
 
-    model: Any = option(default_factory=default_backbone, help="the encoder: a ViT with model.stem=patch "
-                        "(model.num_classes is ignored)", select=("family", model_config_class))
-    data: Any = option(default_factory=ImageDataConfig, help="the training images (labels are not read)",
-                       select=("kind", data_config_class))
-    mae: MAEOptions = option(default_factory=MAEOptions, help="masking, decoder and loss")
     views: views.ViewSpec = option(default_factory=_mae_views, help="the augmentation (crop and flip)")
-    monitor: MonitorOptions = option(default_factory=MonitorOptions, help="the k-NN probe during training")
-    collapse: CollapseOptions = option(default_factory=CollapseOptions, help="collapse detection")
-    train: TrainConfig = option(default_factory=TrainConfig, help="optimisation")
-    parallel: ParallelConfig = option(default_factory=ParallelConfig, help="data parallelism across ranks")
+    mae: MAEOptions = option(default_factory=MAEOptions, help="masking, decoder and loss")
 
 
 @register_task

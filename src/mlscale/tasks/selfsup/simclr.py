@@ -21,13 +21,9 @@ from mlscale.config import option
 from mlscale.model.registry import family_of
 from mlscale.runtime.device import autocast
 from mlscale.tasks.selfsup import views
-from mlscale.tasks.selfsup.base import (MonitorOptions, SelfSupervised, backbone_config, default_backbone,
-                                        feature_dim, spread)
-from mlscale.tasks.selfsup.collapse import CollapseOptions
+from mlscale.tasks.selfsup.base import SelfSupervised, SelfSupervisedConfig, backbone_config, feature_dim, spread
 from mlscale.tasks.selfsup.heads import Pretraining, ProjectionHead
 from mlscale.tasks.selfsup.losses import nt_xent
-from mlscale.train.config import ImageDataConfig, ParallelConfig, TrainConfig, model_config_class
-from mlscale.train.data import data_config_class
 from mlscale.train.task import register_task
 
 
@@ -40,19 +36,10 @@ class SimCLROptions:
 
 
 @dataclass
-class SimCLRConfig:
+class SimCLRConfig(SelfSupervisedConfig):
     """Everything `mlscale train --task simclr` is configured by; saved as RUN/config.json."""
 
-    model: Any = option(default_factory=default_backbone, help="backbone family and shape (model.num_classes "
-                        "is ignored: pretraining has no classifier)", select=("family", model_config_class))
-    data: Any = option(default_factory=ImageDataConfig, help="the training images (labels are not read)",
-                       select=("kind", data_config_class))
     simclr: SimCLROptions = option(default_factory=SimCLROptions, help="head and loss")
-    views: views.ViewSpec = option(default_factory=views.ViewSpec, help="how both views of an image are made")
-    monitor: MonitorOptions = option(default_factory=MonitorOptions, help="the k-NN probe during training")
-    collapse: CollapseOptions = option(default_factory=CollapseOptions, help="collapse detection")
-    train: TrainConfig = option(default_factory=TrainConfig, help="optimisation")
-    parallel: ParallelConfig = option(default_factory=ParallelConfig, help="data parallelism across ranks")
 
 
 @register_task
