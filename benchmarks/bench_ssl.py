@@ -62,9 +62,8 @@ def run_ours(method: str, args: argparse.Namespace, data: Path) -> tuple[torch.n
     task = cls(cfg, data, Runtime(device=torch.device("cpu"), dtype=torch.float32))
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(task, Path(out) / "run")
-        t0 = time.perf_counter()
         trainer.fit()
-        seconds = time.perf_counter() - t0
+        seconds = sum(trainer.step_seconds)  # the steps (batches drawn inside), not the k-NN evaluations
         backbone = task.evaluated_backbone(trainer.model)
     return backbone, args.steps * args.batch / seconds
 
@@ -138,8 +137,10 @@ def run_lightly(method: str, args: argparse.Namespace, data: Path) -> tuple[torc
     head, criterion = lightly_heads(method, cfg)
     student = torch.nn.ModuleDict({"backbone": backbone, "head": head})
     teacher = None
-    if method == "dino":
-        teacher = copy.deepcopy(student)
+    if method == "dino":  # lightly's example: a copy of the backbone, a head built again (its
+        # weight-normalised layer cannot be deep-copied), here starting from the student's weights
+        teacher = torch.nn.ModuleDict({"backbone": copy.deepcopy(backbone), "head": lightly_heads(method, cfg)[0]})
+        teacher["head"].load_state_dict(head.state_dict())
         deactivate_requires_grad(teacher)
     decay = [p for n, p in student.named_parameters() if p.dim() >= 2 and not n.endswith(("pos_embed", "cls_token"))]
     rest = [p for n, p in student.named_parameters() if not any(p is q for q in decay)]

@@ -21,6 +21,7 @@ from mlscale.report.run_report import (_axes, _cards, _config_section, _fmt,
                                        _smooth, loss_figure, render_report, throughput_figure)
 
 EXAMPLES = 6
+SPECTRUM_IMAGES = 2000
 
 
 def probe_figure(metrics: list[dict[str, Any]], pixels_top1: float | None) -> str | None:
@@ -65,6 +66,31 @@ def collapse_figure(metrics: list[dict[str, Any]], prototypes: int) -> str | Non
         right.legend(frameon=False, loc="upper right")
     ax.legend(frameon=False, loc="upper left")
     ax.set_title("Collapse watch")
+    return figure_to_data_uri(fig)
+
+
+def spectrum_figure(features: torch.Tensor) -> str:
+    """Per-dimension std of the L2-normalised features (sorted; about 1/sqrt(D) each when
+    they fill the sphere) and the singular values of the centred features: a few large
+    ones and a tail near zero is a dimensional collapse."""
+    import matplotlib.pyplot as plt
+
+    z = torch.nn.functional.normalize(features.float(), dim=1)
+    std = z.std(dim=0).sort(descending=True).values.numpy()
+    sv = torch.linalg.svdvals(z - z.mean(0)).numpy()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.2), layout="constrained")
+    a.bar(np.arange(len(std)), std, width=1.0, color="#4c78a8")
+    a.axhline(1 / math.sqrt(len(std)), color="#555", ls="--", lw=1, label="1/sqrt(D)")
+    a.set_xlabel("dimension (sorted)")
+    a.set_ylabel("std")
+    a.set_title("Per-dimension spread")
+    a.legend(frameon=False)
+    b.semilogy(np.arange(1, len(sv) + 1), np.maximum(sv, 1e-12), color="#e45756")
+    b.set_xlabel("rank")
+    b.set_ylabel("singular value")
+    b.set_title("Spectrum of the features")
+    for ax in (a, b):
+        ax.spines[["top", "right"]].set_visible(False)
     return figure_to_data_uri(fig)
 
 
@@ -141,6 +167,8 @@ def build_selfsup_report(run_dir: str | Path, result: dict[str, Any], data_dir: 
     """The HTML of RUN/report.html for a probe `result` of `evaluate_features`."""
     from mlscale.images.data import ImageData
     from mlscale.tasks.selfsup.base import load_network, monitor_rows
+    from mlscale.runtime import Runtime
+    from mlscale.tasks.selfsup import probe
     from mlscale.tasks.selfsup.probe import pixel_knn_top1
     from mlscale.train.metrics import read_metrics
 
@@ -167,6 +195,11 @@ def build_selfsup_report(run_dir: str | Path, result: dict[str, Any], data_dir: 
                    "during training.</p>")
     page.section("Training", _training_section(run_dir, metrics, pixels, prototypes))
     examples = val.images[:EXAMPLES] if len(val) else train.images[:EXAMPLES]
+    sample = val if len(val) else train
+    feats = probe.features(network.backbone, sample.images[:SPECTRUM_IMAGES], marker["mean"], marker["std"],
+                           Runtime(device=torch.device("cpu"), dtype=torch.float32))
+    page.section("Embedding spread", image(spectrum_figure(feats), "per-dimension spread and spectrum",
+                                           f"Backbone features of {len(feats):,} images."))
     with torch.no_grad():
         if cls.name == "dino" and cfg.model.pool == "cls":
             page.section("Attention maps", attention_section(network, marker, np.asarray(examples)))

@@ -3,10 +3,13 @@
     mlscale train --task lm --data tokens --out run --preset nanogpt-shakespeare-char
     mlscale train --task sft --base run --data alpaca.jsonl --out ft --lora.r=16
     mlscale train --task dpo --base run --data prefs.jsonl --out dpo --nproc 2
+    mlscale train --preset vit-fashion-mnist --data fm --out vit
+    mlscale train --task dino --data fm --out dino --dino.local_crops=4
 
 --task names what is learnt (lm: next-token prediction on token shards; sft and dpo:
-fine-tuning a --base model on instructions or preferences; more tasks register as they
-ship); `model.family` names the model (llama, ...). A preset or --config file may name
+fine-tuning a --base model on instructions or preferences; classify: image classes;
+simclr, dino, mae: self-supervised image features, no labels read; more tasks register
+as they ship); `model.family` names the model (llama, vit, ...). A preset or --config file may name
 both (`task = "lm"`, `[model] family = "llama"`). Settings come from the task's
 defaults, then --preset, then --config FILE, then --section.key=value overrides; an
 unknown key is an error naming the closest one. The output directory follows

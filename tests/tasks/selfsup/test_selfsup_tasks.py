@@ -69,8 +69,9 @@ def test_each_method_trains_logs_its_statistics_and_its_features_can_be_probed(t
     assert 0.3 < result["knn_top1"] <= 1  # chance is 0.1
     report = (run / "report.html").read_text()  # written by evaluate, with the method's own figures
     own = {"simclr": [], "dino": ["<h2>Attention maps</h2>"], "mae": ["<h2>Reconstructions</h2>"]}[task]
-    assert all(h in report for h in ["<h2>Training</h2>", "k-NN probe during training", *own])
-    assert report.count('<img src="data:image/png;base64,') == 4 + len(own)
+    assert all(h in report for h in ["<h2>Training</h2>", "k-NN probe during training", "<h2>Embedding spread</h2>",
+                                     *own])
+    assert report.count('<img src="data:image/png;base64,') == 5 + len(own)
     assert main(["evaluate", str(run), "--probe", "linear"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0.3 < result["linear_top1"] <= 1 and result["feature_dim"] == 32

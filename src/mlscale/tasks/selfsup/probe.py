@@ -67,7 +67,7 @@ def knn_top1(bank: Tensor, bank_labels: Tensor, queries: Tensor, labels: Tensor,
 
 
 def linear_probe(train: Tensor, train_labels: Tensor, val: Tensor, val_labels: Tensor, num_classes: int,
-                 epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 epochs: int = 30, batch_size: int = 1024, lr: float = 3e-3, weight_decay: float = 1e-4,
                  seed: int = 0) -> dict[str, float]:
     """Train BatchNorm(affine=False) + Linear on frozen features; top-1 on val and train."""
     gen = torch.Generator().manual_seed(seed)
