@@ -18,7 +18,8 @@ from mlscale.artifacts import atomic_write_text, read_json
 from mlscale.config import to_dict
 from mlscale.html import Page, escape, figure_to_data_uri, image, table
 from mlscale.report.run_report import (_axes, _cards, _config_section, _fmt,
-                                       _smooth, loss_figure, render_report, throughput_figure)
+                                       _smooth, image_run_cards, loss_figure, render_report,
+                                       throughput_figure)
 
 WORST_PAIRS = 5
 EXAMPLES = 8
@@ -152,12 +153,7 @@ def _training_section(run_dir: Path) -> str | None:
                          "Train accuracy on the augmented batches; val top-1 and top-5 at each evaluation."),
                         (throughput_figure(metrics, unit="image"), "training throughput",
                          "Images per second each step.")) if f[0]]
-    manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
-    s = manifest.get("summary", {})
-    cards = _cards([("parameters", f"{s['parameters'] / 1e6:.3f} M" if s.get("parameters") else "n/a"),
-                    ("steps", _fmt(s.get("steps"))), ("images seen", _fmt(s.get("images"))),
-                    ("images / s", _fmt(s.get("images_per_s"), 1)),
-                    ("training seconds", _fmt(s.get("seconds"), 1)), ("device", s.get("device", "n/a"))])
+    cards = image_run_cards(run_dir)
     return cards + '<div class="figures">' + "".join(image(u, a, c) for u, a, c in figs) + "</div>"
 
 

@@ -45,6 +45,17 @@ def render_report(page: Page) -> str:
     return html.replace("</head>", _EXTRA_STYLE + "</head>", 1).replace("</body>", _IMAGE_CHECK + "</body>", 1)
 
 
+def image_run_cards(run_dir: Path) -> str:
+    """The summary cards of an image run (parameters, steps, images, speed, time, device)
+    from RUN/manifest.json."""
+    manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
+    s = manifest.get("summary", {})
+    return _cards([("parameters", f"{s['parameters'] / 1e6:.3f} M" if s.get("parameters") else "n/a"),
+                   ("steps", _fmt(s.get("steps"))), ("images seen", _fmt(s.get("images"))),
+                   ("images / s", _fmt(s.get("images_per_s"), 1)),
+                   ("training seconds", _fmt(s.get("seconds"), 1)), ("device", s.get("device", "n/a"))])
+
+
 def _read(path: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 

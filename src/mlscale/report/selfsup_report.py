@@ -18,7 +18,8 @@ from mlscale.artifacts import atomic_write_text, read_json
 from mlscale.config import to_dict
 from mlscale.html import Page, escape, figure_to_data_uri, image
 from mlscale.report.run_report import (_axes, _cards, _config_section, _fmt,
-                                       _smooth, loss_figure, render_report, throughput_figure)
+                                       _smooth, image_run_cards, loss_figure, render_report,
+                                       throughput_figure)
 
 EXAMPLES = 6
 SPECTRUM_IMAGES = 2000
@@ -147,12 +148,7 @@ def reconstruction_section(network: Any, cfg: Any, marker: dict[str, Any], val_i
 
 def _training_section(run_dir: Path, metrics: list[dict[str, Any]], pixels_top1: float | None,
                       prototypes: int) -> str:
-    manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
-    s = manifest.get("summary", {})
-    cards = _cards([("parameters", f"{s['parameters'] / 1e6:.3f} M" if s.get("parameters") else "n/a"),
-                    ("steps", _fmt(s.get("steps"))), ("images seen", _fmt(s.get("images"))),
-                    ("images / s", _fmt(s.get("images_per_s"), 1)),
-                    ("training seconds", _fmt(s.get("seconds"), 1)), ("device", s.get("device", "n/a"))])
+    cards = image_run_cards(run_dir)
     figs = [f for f in ((loss_figure(metrics, unit="image"), "training loss", "The method's loss each step."),
                         (probe_figure(metrics, pixels_top1), "k-NN probe during training",
                          "Val images classified by their 20 nearest train images in feature space."),

@@ -292,15 +292,11 @@ def load_classifier(run_dir: Path, step: int | None = None, device: Any = "cpu")
 
     from mlscale.config import from_dict
     from mlscale.model.registry import family_of
-    from mlscale.train.checkpoint import CONFIG, LoadedRun, checkpoint_step, list_checkpoints, load_checkpoint
+    from mlscale.train.checkpoint import CONFIG, LoadedRun, checkpoint_step, load_checkpoint, pick_checkpoint
 
     run_dir = Path(run_dir)
     cfg = from_dict(ClassifyConfig, read_json(run_dir / CONFIG))
-    ckpts = {checkpoint_step(p): p for p in list_checkpoints(run_dir)}
-    if not ckpts or (step is not None and step not in ckpts):
-        have = ", ".join(map(str, sorted(ckpts))) or "none"
-        raise InputError(f"{run_dir} has no checkpoint{f' of step {step}' if step else ''} (it has: {have})")
-    ckpt = ckpts[step if step is not None else max(ckpts)]
+    ckpt = pick_checkpoint(run_dir, step)
     model = family_of(cfg.model).build(cfg.model)
     load_checkpoint(ckpt, model)
     ema = ckpt / "task.safetensors"

@@ -283,6 +283,16 @@ def tokenizer_fingerprint(path: Path) -> str:
     return fingerprint_file(path)
 
 
+def pick_checkpoint(run_dir: Path, step: int | None = None) -> Path:
+    """The checkpoint of `step` in RUN (default: the latest); a missing one is an error
+    listing the steps there are."""
+    ckpts = {checkpoint_step(p): p for p in list_checkpoints(Path(run_dir))}
+    if not ckpts or (step is not None and step not in ckpts):
+        have = ", ".join(map(str, sorted(ckpts))) or "none"
+        raise InputError(f"{run_dir} has no checkpoint{f' of step {step}' if step else ''} (it has: {have})")
+    return ckpts[step if step is not None else max(ckpts)]
+
+
 def run_data_dir(run_dir: Path) -> Path | None:
     """The token directory a run was trained on (recorded in its checkpoints), if known."""
     ckpt = latest_checkpoint(run_dir)

@@ -25,8 +25,8 @@ def _package(name: str, path: Path) -> None:
 
 
 def lightly_losses() -> types.SimpleNamespace:
-    """lightly's NTXentLoss and DINOLoss classes (pytest.importorskip-free: lightly is a
-    test dependency; a missing one is an error)."""
+    """lightly's NTXentLoss and DINOLoss classes; lightly is a test dependency, so a
+    missing one is an error."""
     spec = importlib.util.find_spec("lightly")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("lightly is not installed: `make venv` installs it (pip install --no-deps lightly)")

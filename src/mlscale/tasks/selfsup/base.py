@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -96,9 +97,9 @@ class SelfSupervised(Task):
     views_per_image: ClassVar[int] = 1
 
     @classmethod
+    @abstractmethod
     def build_network(cls, cfg: Any) -> nn.Module:
         """The module the trainer trains (backbone inside), freshly initialised."""
-        raise NotImplementedError
 
     def __init__(self, cfg: Any, data: Path, runtime: Runtime, base: Path | None = None):
         from mlscale.images.data import ImageData
@@ -236,17 +237,13 @@ def load_network(run_dir: Path, step: int | None = None) -> tuple[type, Any, nn.
     from safetensors.torch import load_file
 
     from mlscale.config import from_dict
-    from mlscale.train.checkpoint import CONFIG, checkpoint_step, list_checkpoints, load_checkpoint
+    from mlscale.train.checkpoint import CONFIG, checkpoint_step, load_checkpoint, pick_checkpoint
 
     run_dir = Path(run_dir)
     marker = read_json(run_dir / MARKER)
     cls = get_task(marker["method"])
     cfg = from_dict(cls.config_cls, read_json(run_dir / CONFIG))
-    ckpts = {checkpoint_step(p): p for p in list_checkpoints(run_dir)}
-    if not ckpts or (step is not None and step not in ckpts):
-        have = ", ".join(map(str, sorted(ckpts))) or "none"
-        raise InputError(f"{run_dir} has no checkpoint{f' of step {step}' if step else ''} (it has: {have})")
-    ckpt = ckpts[step if step is not None else max(ckpts)]
+    ckpt = pick_checkpoint(run_dir, step)
     network = cls.build_network(cfg)
     load_checkpoint(ckpt, network)
     extra = ckpt / "task.safetensors"
