@@ -113,6 +113,8 @@ class SelfSupervised(Task):
             raise InputError(f"{data}: the {cfg.data.train_split} split has fewer than 2 images")
         val = self.images.split(cfg.data.val_split)
         self.val_split = val if len(val) and cfg.data.val_split != cfg.data.train_split else None
+        # labels serve the k-NN probe during training only; it runs when both splits have them
+        self.labelled = self.val_split is not None and int(np.min(self.train_split.labels)) >= 0
         H, W, C = self.images.shape
         wrong = [f"model.{k}={getattr(cfg.model, k)} but the images have {v}"
                  for k, v in (("in_channels", C), ("image_size", H)) if getattr(cfg.model, k, v) != v]
@@ -191,7 +193,7 @@ class SelfSupervised(Task):
         images) of the backbone's features, when the data has labels."""
         from mlscale.train.checkpoint import unwrap_model
 
-        if self.val_split is None or int(np.min(self.train_split.labels)) < 0:
+        if not self.labelled:
             return {}
         bank_rows, query_rows = monitor_rows(self.cfg, len(self.train_split), len(self.val_split))
         backbone = self.evaluated_backbone(unwrap_model(model))

@@ -30,7 +30,7 @@ from mlscale.runtime.device import autocast
 from mlscale.tasks.selfsup import views
 from mlscale.tasks.selfsup.base import SelfSupervised, SelfSupervisedConfig, backbone_config, feature_dim, spread
 from mlscale.tasks.selfsup.heads import DINOHead, Pretraining
-from mlscale.tasks.selfsup.losses import (dino_loss, teacher_momentum, teacher_stats, teacher_temperature,
+from mlscale.tasks.selfsup.losses import (dino_loss, teacher_entropy, teacher_momentum, teacher_temperature,
                                           update_center)
 from mlscale.train.task import register_task
 
@@ -144,7 +144,8 @@ class DINO(SelfSupervised):
         student = s_out.float().view(len(crops), n, -1)
         center = self.center if d.center else torch.zeros_like(self.center)
         loss = dino_loss(teacher, student, center, t_temp, d.student_temp)
-        entropy, kl = teacher_stats(teacher, student, center, t_temp, d.student_temp)
+        entropy = teacher_entropy(teacher, center, t_temp)
+        kl = loss.detach() - entropy  # cross entropy = entropy + KL, over the same pairs
         if d.center:
             self.center = update_center(self.center, teacher, d.center_momentum, self.runtime.env)
         stats = self.keep_stats(spread=spread(h[:n]), teacher_entropy=entropy, teacher_kl=kl)

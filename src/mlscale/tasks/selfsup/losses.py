@@ -2,7 +2,7 @@
 
     nt_xent(a, b, temperature, env)             SimCLR (Chen et al. 2020)
     dino_loss(teacher, student, center, t_t, t_s)  DINO (Caron et al. 2021)
-    update_center(center, teacher, momentum, env)
+    update_center(center, teacher, momentum, env), teacher_entropy(teacher, center, t_t)
     patchify / unpatchify / random_masking / mae_loss    MAE (He et al. 2021)
 
 Each equals its reference on the same tensors (tests: lightly's NTXentLoss and DINOLoss,
@@ -73,16 +73,13 @@ def update_center(center: Tensor, teacher: Tensor, momentum: float, env: DistEnv
 
 
 @torch.no_grad()
-def teacher_stats(teacher: Tensor, student: Tensor, center: Tensor, teacher_temp: float,
-                  student_temp: float) -> tuple[Tensor, Tensor]:
-    """(mean entropy of the teacher's distributions, mean KL from them to the student's
-    on the cross-view pairs): the two curves of DINO's collapse analysis. Entropy at
-    ln K with KL near 0 is a uniform collapse, entropy near 0 with KL near 0 one
-    prototype taking everything."""
-    q = F.softmax((teacher - center) / teacher_temp, dim=-1).float()
-    entropy = -(q * q.clamp_min(1e-12).log()).sum(-1).mean()
-    ce = dino_loss(teacher.float(), student.float(), center, teacher_temp, student_temp)
-    return entropy, ce - entropy
+def teacher_entropy(teacher: Tensor, center: Tensor, teacher_temp: float) -> Tensor:
+    """Mean entropy of the teacher's centred, sharpened distributions. With the DINO loss
+    (their cross entropy to the student's), loss - entropy is the mean teacher-to-student
+    KL: the two curves of DINO's collapse analysis. Entropy at ln K with KL near 0 is a
+    uniform collapse, entropy near 0 with KL near 0 one prototype taking everything."""
+    q = F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
+    return -(q * q.clamp_min(1e-12).log()).sum(-1).mean()
 
 
 def teacher_temperature(step: int, warmup_steps: int, start: float, end: float) -> float:
